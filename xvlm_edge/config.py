@@ -1,0 +1,197 @@
+"""One config tree for every X-VLM model, and the named presets.
+
+Every dimension of every module is read from here; nothing below `models/` repeats a number.
+The tree round-trips through `config.json` (`to_dict` / `from_dict`), and an unknown key is an error,
+so a typo in a checkpoint's config never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from xvlm_edge.errors import CheckpointError
+
+#: The task heads a model can carry. Which ones a checkpoint has is part of its layout.
+HEADS = ("itc", "itm", "bbox", "mlm", "nlvr", "vqa", "caption")
+
+#: Heads each official checkpoint layout carries (models/model_<layout>.py in the official repo).
+LAYOUT_HEADS: dict[str, tuple[str, ...]] = {
+    "pretrain": ("itc", "itm", "mlm", "bbox"),
+    "retrieval": ("itc", "itm"),
+    "bbox": ("bbox",),
+    "captioning": ("caption",),
+    "vqa": ("vqa",),
+    "nlvr": ("nlvr",),
+}
+
+
+@dataclass(frozen=True)
+class SwinConfig:
+    """Swin Transformer image encoder; the official X-VLM default backbone."""
+
+    kind: Literal["swin"] = "swin"
+    image_res: int = 384
+    patch_size: int = 4
+    embed_dim: int = 128
+    depths: tuple[int, ...] = (2, 2, 18, 2)
+    num_heads: tuple[int, ...] = (4, 8, 16, 32)
+    window_size: int = 12
+    mlp_ratio: float = 4.0
+    layer_norm_eps: float = 1e-5
+
+    @property
+    def width(self) -> int:
+        """Channels of the final stage: each patch merge doubles them."""
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+    @property
+    def grid(self) -> int:
+        """Side of the final patch grid: patch embedding, then one 2x merge per stage but the last."""
+        return self.image_res // self.patch_size // 2 ** (len(self.depths) - 1)
+
+    @property
+    def box_patch_size(self) -> int:
+        """Pixels per final-grid patch, the unit of the box -> patch-mask rule (32 for Swin-B)."""
+        return self.image_res // self.grid
+
+
+@dataclass(frozen=True)
+class ClipVitConfig:
+    """CLIP ViT image encoder with box-masked self-attention in its last `local_attn_depth` layers."""
+
+    kind: Literal["clip_vit"] = "clip_vit"
+    image_res: int = 224
+    patch_size: int = 16
+    width: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    local_attn_depth: int = 4
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+
+    @property
+    def grid(self) -> int:
+        return self.image_res // self.patch_size
+
+    @property
+    def box_patch_size(self) -> int:
+        return self.patch_size
+
+
+VisionConfig = SwinConfig | ClipVitConfig
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """BERT text encoder; layers from `fusion_layer` on also cross-attend to the image."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    fusion_layer: int = 6
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A whole X-VLM: vision + text + the heads its checkpoint carries."""
+
+    vision: VisionConfig = field(default_factory=SwinConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    heads: tuple[str, ...] = LAYOUT_HEADS["pretrain"]
+    embed_dim: int = 256  # ITC projection width
+    temp: float = 0.07  # ITC temperature at initialisation
+    vqa_decoder_layers: int = 6  # official `num_dec_layers`: the answer decoder copies the fusion layers
+    max_tokens: int = 40
+    check_threshold: float = 0.5  # ITM probability above which `check` says "true"
+
+    def __post_init__(self) -> None:
+        unknown = set(self.heads) - set(HEADS)
+        if unknown:
+            raise CheckpointError(f"unknown heads {sorted(unknown)}; known heads are {list(HEADS)}")
+        if not 0 <= self.text.fusion_layer <= self.text.num_layers:
+            raise CheckpointError(
+                f"fusion_layer {self.text.fusion_layer} outside 0..{self.text.num_layers} text layers"
+            )
+        if "caption" in self.heads and len(self.heads) > 1:
+            raise CheckpointError("the captioning layout has no text encoder; it cannot carry other heads")
+
+    @property
+    def has_text_encoder(self) -> bool:
+        return "caption" not in self.heads
+
+    def with_heads(self, heads: tuple[str, ...]) -> ModelConfig:
+        return dataclasses.replace(self, heads=tuple(heads))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        data = dict(data)
+        vision = dict(data.pop("vision", {}))
+        kind = vision.get("kind", "swin")
+        vision_cls = {"swin": SwinConfig, "clip_vit": ClipVitConfig}.get(kind)
+        if vision_cls is None:
+            raise CheckpointError(f"unknown vision encoder kind {kind!r}; expected 'swin' or 'clip_vit'")
+        return _build(
+            cls,
+            {**data, "vision": _build(vision_cls, vision), "text": _build(TextConfig, data.pop("text", {}))},
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"cannot read model config {path}: {exc}") from exc
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise CheckpointError(f"unknown {cls.__name__} keys {sorted(unknown)}")
+    tuples = {f.name for f in dataclasses.fields(cls) if "tuple" in str(f.type)}
+    return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+
+
+_SWIN_B = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
+
+PRESETS: dict[str, ModelConfig] = {
+    # X-VLM base, Swin-B, pretrained on 4M images at 224 (configs/Pretrain_XVLM_base_4m.yaml).
+    "xvlm-base-4m-224": ModelConfig(vision=SwinConfig(image_res=224, window_size=7, **_SWIN_B)),
+    # X-VLM base, Swin-B at 384: the resolution of every official fine-tuned checkpoint.
+    "xvlm-base-16m-384": ModelConfig(vision=SwinConfig(image_res=384, window_size=12, **_SWIN_B)),
+    # X-VLM base with the CLIP ViT-B/16 image encoder (configs/config_clipvitB.json).
+    "clip-vit-b16": ModelConfig(vision=ClipVitConfig()),
+    # A small model for the embedded default and for tests: same architecture, tiny widths.
+    "tiny": ModelConfig(
+        vision=SwinConfig(image_res=128, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4),
+        text=TextConfig(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512, fusion_layer=2),
+        embed_dim=64,
+        vqa_decoder_layers=2,
+    ),
+}
+
+
+def get_preset(name: str, heads: tuple[str, ...] | None = None) -> ModelConfig:
+    """A named preset, optionally with another set of heads (an official layout's, say)."""
+    try:
+        config = PRESETS[name]
+    except KeyError:
+        raise CheckpointError(f"unknown preset {name!r}; available: {sorted(PRESETS)}") from None
+    return config if heads is None else config.with_heads(heads)

@@ -1,0 +1,176 @@
+"""Swin Transformer image encoder as X-VLM uses it: shifted windows, relative-position bias, mean-pooled [CLS].
+
+Follows Liu et al. 2021 (microsoft/Swin-Transformer) with the X-VLM change that the encoder returns
+`[mean of patches, patches]` instead of class logits. Attribute names follow the official checkpoint keys.
+Derived buffers (`relative_position_index`, `attn_mask`) are rebuilt, never saved.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xvlm_edge.config import SwinConfig
+from xvlm_edge.models.layers import Mlp
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B * H/w * W/w, w*w, C) non-overlapping windows, row-major."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // window, window, w // window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
+
+
+def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
+    """(B * H/w * W/w, w*w, C) -> (B, H, W, C); inverse of `window_partition`."""
+    c = windows.shape[-1]
+    x = windows.view(-1, h // window, w // window, window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
+
+
+def relative_position_index(window: int) -> torch.Tensor:
+    """(w*w, w*w) index into the (2w-1)^2 bias table for every (query, key) pair of a window."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)  # (w*w, w*w, 2)
+    return rel[..., 0] * (2 * window - 1) + rel[..., 1]
+
+
+def shifted_window_mask(resolution: int, window: int, shift: int) -> torch.Tensor:
+    """(nW, w*w, w*w) additive mask (-100) that stops shifted windows from mixing wrapped-around regions."""
+    region = torch.zeros(1, resolution, resolution, 1)
+    bands = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    label = 0
+    for rows in bands:
+        for cols in bands:
+            region[:, rows, cols, :] = label
+            label += 1
+    labels = window_partition(region, window).squeeze(-1)  # (nW, w*w)
+    differs = labels[:, None, :] != labels[:, :, None]
+    return differs.float() * -100.0
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside a window, with a learned relative-position bias."""
+
+    def __init__(self, dim: int, window: int, num_heads: int) -> None:
+        super().__init__()
+        self.window = window
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        bw, n, c = x.shape  # (B*nW, w*w, C)
+        qkv = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]  # (B*nW, heads, w*w, d)
+        attn = q @ k.transpose(-2, -1)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        attn = attn + bias.view(n, n, -1).permute(2, 0, 1)[None]  # (1, heads, w*w, w*w)
+        if mask is not None:
+            nw = mask.shape[0]
+            attn = attn.view(bw // nw, nw, self.num_heads, n, n) + mask[None, :, None]
+            attn = attn.view(bw, self.num_heads, n, n)
+        out = attn.softmax(dim=-1) @ v  # (B*nW, heads, w*w, d)
+        return self.proj(out.transpose(1, 2).reshape(bw, n, c))
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm block: (shifted) window attention then MLP, each with a residual."""
+
+    def __init__(self, dim: int, resolution: int, num_heads: int, window: int, shift: int, config: SwinConfig):
+        super().__init__()
+        if resolution <= window:  # the whole stage fits in one window: no partition, no shift
+            window, shift = resolution, 0
+        self.resolution, self.window, self.shift = resolution, window, shift
+        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.attn = WindowAttention(dim, window, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp = Mlp(dim, int(dim * config.mlp_ratio), "gelu")
+        mask = shifted_window_mask(resolution, window, shift) if shift else None
+        self.register_buffer("attn_mask", mask, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape  # (B, H*W, C)
+        r = self.resolution
+        h = self.norm1(x).view(b, r, r, c)
+        if self.shift:
+            h = torch.roll(h, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        h = self.attn(window_partition(h, self.window), self.attn_mask)
+        h = window_reverse(h, self.window, r, r)  # (B, H, W, C)
+        if self.shift:
+            h = torch.roll(h, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x + h.reshape(b, n, c)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhood -> one token: (B, H*W, C) -> (B, H/2*W/2, 2C)."""
+
+    def __init__(self, dim: int, resolution: int, config: SwinConfig) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.norm = nn.LayerNorm(4 * dim, eps=config.layer_norm_eps)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, c = x.shape
+        x = x.view(b, self.resolution, self.resolution, c)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+
+
+class SwinStage(nn.Module):
+    def __init__(self, dim: int, resolution: int, depth: int, num_heads: int, last: bool, config: SwinConfig):
+        super().__init__()
+        window = config.window_size
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, resolution, num_heads, window, 0 if i % 2 == 0 else window // 2, config)
+            for i in range(depth)
+        )
+        self.downsample = None if last else PatchMerging(dim, resolution, config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, config: SwinConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, config.embed_dim, kernel_size=config.patch_size, stride=config.patch_size)
+        self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(pixels).flatten(2).transpose(1, 2))  # (B, H*W, C)
+
+
+class SwinTransformer(nn.Module):
+    """Pixels (B, 3, R, R) -> tokens (B, 1 + N, width): `[mean of patches, patches]` after the final norm."""
+
+    def __init__(self, config: SwinConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.patch_embed = PatchEmbed(config)
+        resolution = config.image_res // config.patch_size
+        last = len(config.depths) - 1
+        stages = []
+        for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads, strict=True)):
+            stages.append(SwinStage(config.embed_dim * 2**i, resolution // 2**i, depth, heads, i == last, config))
+        self.layers = nn.ModuleList(stages)
+        self.norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
+
+    def forward_patches(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, R, R) -> (B, N, width) final-grid patch tokens."""
+        x = self.patch_embed(pixels)
+        for stage in self.layers:
+            x = stage(x)
+        return self.norm(x)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        patches = self.forward_patches(pixels)
+        return torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1)
+
