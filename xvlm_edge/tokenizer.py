@@ -98,6 +98,10 @@ class Tokenizer:
     def __len__(self) -> int:
         return len(self._tokens)
 
+    def save(self, path: str | Path) -> None:
+        """Write the vocabulary back as vocab.txt, one token a line."""
+        Path(path).write_text("".join(token + "\n" for token in self._tokens), encoding="utf-8")
+
     @property
     def pad_id(self) -> int:
         return self._ids["[PAD]"]
