@@ -490,7 +490,7 @@ def load_directory(directory: str | Path) -> Checkpoint:
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"{directory / WEIGHTS_FILE} is corrupt or does not match config.json: {exc}") from exc
     if missing or unexpected:
-        raise CheckpointError(f"{directory}: weights do not match config.json (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise CheckpointError(f"{directory}: weights do not match config.json (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     return Checkpoint(model.eval(), Tokenizer.from_file(directory / VOCAB_FILE), config)
 
 

@@ -1,0 +1,168 @@
+"""Our checkpoint format, the official converters' round trip, and refusal of bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import xvlm_edge
+from xvlm_edge.checkpoint import (
+    Checkpoint,
+    convert_official,
+    detect_layout,
+    interpolate_relative_position_table,
+    load_directory,
+    ours_to_official,
+    read_official,
+    save,
+)
+from xvlm_edge.config import LAYOUT_HEADS, ModelConfig, get_preset
+from xvlm_edge.errors import CheckpointError
+from xvlm_edge.models.xvlm import XVLM
+from xvlm_edge.tokenizer import Tokenizer
+
+OFFICIAL = ["swin_pretrain", "swin_retrieval", "swin_bbox", "swin_captioning", "swin_vqa", "swin_nlvr", "clip_pretrain", "clip_retrieval"]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Checkpoint:
+    torch.manual_seed(0)
+    config = get_preset("tiny", LAYOUT_HEADS["retrieval"])
+    return Checkpoint(XVLM(config).eval(), Tokenizer.default(), config)
+
+
+@torch.no_grad()
+def test_directory_round_trip(tiny: Checkpoint, tmp_path: Path) -> None:
+    out = save(tiny, tmp_path / "model")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "vocab.txt"]
+    loaded = xvlm_edge.load(out)
+    assert loaded.config == tiny.config
+    pixels = torch.randn(2, 3, tiny.config.vision.image_res, tiny.config.vision.image_res)
+    assert torch.equal(loaded.model.encode_image(pixels), tiny.model.encode_image(pixels))
+    assert loaded.tokenizer.encode(["a red circle"]).input_ids.tolist() == tiny.tokenizer.encode(["a red circle"]).input_ids.tolist()
+
+
+def test_save_replaces_atomically(tiny: Checkpoint, tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    save(tiny, target)
+    save(tiny, target)  # overwriting leaves exactly one complete checkpoint and no temp dirs
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_config_json_round_trip_and_unknown_key(tmp_path: Path) -> None:
+    for name in ("xvlm-base-4m-224", "xvlm-base-16m-384", "clip-vit-b16", "tiny"):
+        config = get_preset(name)
+        assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    data = get_preset("tiny").to_dict()
+    data["text"]["hiden_size"] = 3
+    with pytest.raises(CheckpointError, match="hiden_size"):
+        ModelConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_official_round_trip(reference_dir: Path, name: str) -> None:
+    """official -> ours -> official gives back every official tensor bit for bit."""
+    path = reference_dir / "checkpoints" / f"{name}.th"
+    official, _ = read_official(path)
+    converted = convert_official(path)
+    back = ours_to_official(converted.model, converted.report.layout)
+    assert set(back) == set(official)
+    for key, value in official.items():
+        assert torch.equal(back[key].to(value.dtype), value), key
+
+
+@torch.no_grad()
+def test_converted_directory_reproduces_official_model(reference_dir: Path, tmp_path: Path) -> None:
+    converted = convert_official(reference_dir / "checkpoints/swin_retrieval.th")
+    reloaded = xvlm_edge.load(save(converted, tmp_path / "retrieval"))
+    pixels = torch.randn(2, 3, converted.config.vision.image_res, converted.config.vision.image_res)
+    assert torch.equal(reloaded.model.encode_image(pixels), converted.model.encode_image(pixels))
+    assert len(reloaded.tokenizer) == len(converted.tokenizer)
+
+
+def test_relative_position_table_identity_when_window_unchanged() -> None:
+    table = torch.randn(49, 3)
+    assert interpolate_relative_position_table(table, 49) is table
+
+
+def test_relative_position_table_exact_on_source_grid() -> None:
+    """An interpolating spline (s=0) passes through its samples: the centre offset keeps its value."""
+    table = torch.randn(7 * 7, 2)
+    resized = interpolate_relative_position_table(table, 11 * 11)
+    assert resized.shape == (121, 2)
+    assert torch.allclose(resized.view(11, 11, 2)[5, 5], table.view(7, 7, 2)[3, 3], atol=1e-6)
+
+
+# -- bad checkpoints: each refused with a message that names the problem --------------------------------
+
+
+def test_wrong_layout_refused(tmp_path: Path) -> None:
+    path = tmp_path / "timm_swin.pth"
+    torch.save({"model": {"patch_embed.proj.weight": torch.zeros(4, 3, 4, 4), "head.weight": torch.zeros(10, 4)}}, path)
+    with pytest.raises(CheckpointError, match="not an X-VLM checkpoint"):
+        convert_official(path)
+    with pytest.raises(CheckpointError, match="unknown X-VLM layout"):
+        detect_layout({"vision_encoder.norm.weight": torch.zeros(2), "text_encoder.embeddings.x": torch.zeros(1)})
+
+
+def test_truncated_checkpoint_refused(reference_dir: Path, tmp_path: Path) -> None:
+    data = (reference_dir / "checkpoints/swin_bbox.th").read_bytes()
+    path = tmp_path / "truncated.th"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        convert_official(path)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PAYLOAD_RAN",))
+
+
+def test_pickle_with_code_payload_refused_and_not_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.th"
+    torch.save({"model": {"vision_encoder.x": torch.zeros(1)}, "config": _Payload()}, path)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        convert_official(path)
+    assert not (tmp_path / "PAYLOAD_RAN").exists()
+
+
+def test_missing_file_and_not_a_dict(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        convert_official(tmp_path / "absent.th")
+    path = tmp_path / "list.th"
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(CheckpointError, match="not a checkpoint dict"):
+        convert_official(path)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        xvlm_edge.load(tmp_path / "nowhere")
+
+
+def test_directory_missing_vocab_or_corrupt_weights(tiny: Checkpoint, tmp_path: Path) -> None:
+    out = save(tiny, tmp_path / "model")
+    (out / "vocab.txt").unlink()
+    with pytest.raises(CheckpointError, match="vocab.txt is missing"):
+        load_directory(out)
+    out = save(tiny, tmp_path / "model")
+    (out / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_directory(out)
+
+
+def test_directory_weights_not_matching_config(tiny: Checkpoint, tmp_path: Path) -> None:
+    out = save(tiny, tmp_path / "model")
+    config = json.loads((out / "config.json").read_text())
+    config["heads"] = ["itc", "itm", "bbox"]
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="do not match config.json"):
+        load_directory(out)
+
+
+def test_official_vocab_size_mismatch(reference_dir: Path) -> None:
+    """The fixture's tiny-vocab model with the 30522-token default vocab must be refused, not misread."""
+    with pytest.raises(CheckpointError, match="vocabulary has 30522 tokens"):
+        convert_official(reference_dir / "checkpoints/swin_bbox.th", config_root=Path("/nonexistent"))
