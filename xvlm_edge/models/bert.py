@@ -27,16 +27,19 @@ SELF_MASK_VALUE = -10000.0
 class CrossContext:
     """What a fusion layer cross-attends to.
 
-    states: (B, S, C) per-image tokens, projected to K/V once per image.
+    states: (B, S, C) per-image tokens, projected to K/V once per image (or None when `kv` is given).
     atts: (K, S) 1 where query row k may look (with `pooled`: the patch mask, S = N patches).
     index: (K,) image of each query row, or None when row k uses image k.
     pooled: prepend the masked-mean token (the Swin concept token) built from `states` and `atts`.
+    kv: per fusion layer, K/V already projected from `states` (`BertModel.cross_kv`), so that a decoder
+        projects them once per image and reuses them for every step and beam.
     """
 
-    states: torch.Tensor
+    states: torch.Tensor | None
     atts: torch.Tensor
     index: torch.Tensor | None = None
     pooled: bool = False
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class BertEmbeddings(nn.Module):
@@ -120,6 +123,7 @@ class BertLayer(nn.Module):
         self_mask: torch.Tensor,
         context: CrossContext | None,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x (K, T, hidden); self_mask additive (K, 1, T or 1, P+T); returns the new x and this step's K/V."""
         attn = self.attention.self
@@ -133,7 +137,7 @@ class BertLayer(nn.Module):
             if context is None:
                 raise ValueError("a fusion layer needs a cross-attention context")
             cross = self.crossattention.self
-            ck, cv = cross.project_kv(context.states)  # once per image, never per (text, box)
+            ck, cv = cross.project_kv(context.states) if cross_kv is None else cross_kv  # once per image
             out = box_cross_attention(cross.heads(cross.query(x)), ck, cv, context.index, context.atts, pooled=context.pooled)
             x = self.crossattention.output(_merge_heads(out), x)
         return self.output(self.intermediate(x), x), (k, v)
@@ -194,9 +198,16 @@ class BertModel(nn.Module):
             ctx = context
             if isinstance(context, list):
                 ctx = context[(i - self.fusion_layer) % len(context)]
-            x, kv = self.encoder.layer[i](x, mask, ctx if i >= self.fusion_layer else None, None if past is None else past[j])
+            fused = i >= self.fusion_layer
+            cross_kv = ctx.kv[i] if fused and ctx.kv is not None else None
+            x, kv = self.encoder.layer[i](x, mask, ctx if fused else None, None if past is None else past[j], cross_kv)
             cache.append(kv)
         return x, cache
+
+    def cross_kv(self, states: torch.Tensor, layers: range | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Cross-attention K/V of every fusion layer in `layers`, projected once from (B, S, C) states."""
+        layers = self.fusion_layers() if layers is None else layers
+        return {i: self.encoder.layer[i].crossattention.self.project_kv(states) for i in layers if i >= self.fusion_layer}
 
     def text_layers(self) -> range:
         return range(self.fusion_layer)
