@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -20,29 +19,19 @@ from xvlm_edge.tokenizer import DEFAULT_VOCAB, Tokenizer
 CLEANERS = {"caption": pre_caption, "question": pre_question}
 
 
-# TODO(lead): merge into tests/conftest.py as `reference_dir` and drop this copy.
 @pytest.fixture(scope="module")
-def _reference_dir() -> Path:
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "xvlm_reference"
-    path = Path(os.environ.get("XVLM_REFERENCE_DIR", default))
-    if not path.is_dir():
-        pytest.skip(f"reference fixtures not found at {path} (set XVLM_REFERENCE_DIR)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def ref(_reference_dir: Path) -> dict:
+def ref(reference_dir: Path) -> dict:
     """The reference texts, input tensors, configs and captioning outputs, loaded once."""
 
     def config(name: str) -> dict:
-        return json.loads((_reference_dir / "configs" / name).read_text())
+        return json.loads((reference_dir / "configs" / name).read_text())
 
     def tensors(*parts: str) -> dict:
-        return torch.load(_reference_dir.joinpath(*parts), map_location="cpu", weights_only=True)
+        return torch.load(reference_dir.joinpath(*parts), map_location="cpu", weights_only=True)
 
     return {
-        "tok": Tokenizer.from_file(_reference_dir / "data" / "bert-base-uncased" / "vocab.txt"),
-        "json": json.loads((_reference_dir / "inputs" / "inputs.json").read_text()),
+        "tok": Tokenizer.from_file(reference_dir / "data" / "bert-base-uncased" / "vocab.txt"),
+        "json": json.loads((reference_dir / "inputs" / "inputs.json").read_text()),
         "pt": tensors("inputs", "inputs.pt"),
         "caption": tensors("expected", "swin_captioning.pt"),
         "pretrain": config("yaml_pretrain.json"),
