@@ -36,7 +36,7 @@ struct Image {
 };
 
 // Pillow-exact bicubic resize of an RGB image to out_width x out_height (a = -0.5, support widened by the
-// scale when shrinking, 22-bit fixed-point taps, horizontal pass then vertical pass, uint8 clip between).
+// scale when shrinking, 22-bit fixed-point taps, the two passes in Pillow 13 order, uint8 clip between).
 // num_threads <= 0 uses std::thread::hardware_concurrency(). Throws ImageError on a bad image or size.
 Image resize_bicubic_u8(const ImageView& src, int out_width, int out_height, int num_threads = 0);
 
