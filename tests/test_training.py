@@ -1,0 +1,193 @@
+"""The training loop: recipes, LR schedule, a 2-process gloo DDP run, and exact kill/resume on CPU.
+
+Runs are subprocesses on a 96-scene synthetic set and the `tiny` preset at 64 pixels (3.5M parameters), so a
+step takes well under a second. Kill/resume compares the JSON-lines loss records of an uninterrupted run with
+those of a run that was SIGKILLed (at a step boundary, during the model save, and half-way through writing the
+training state) and resumed: they must be equal, float for float.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from training import train as T
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--model.image_res=64", "--batch_size=8", "--region_batch_size=4", "--optim.warmup_steps=2",
+         "--optim.lr=1e-3", "--threads=1", "--progress=false", "--log_every=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synth"), 96, seed=0)
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != T.FAULT_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _train(synth: Path, out: Path, *args: str, fault: str | None = None, nproc: int = 1) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "training.train"]
+    if nproc > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                    "--master_port", str(29500 + os.getpid() % 1000), "-m", "training.train"]  # fmt: skip
+    env = _env()
+    if fault:
+        env[T.FAULT_ENV] = fault
+    cmd = [*launcher, f"--data.train_dir={synth}", f"--out={out}", *SMALL, *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _losses(out: Path) -> list[dict]:
+    records = [json.loads(line) for line in (out / T.METRICS_FILE).read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]
+
+
+# -- recipes and schedule ---------------------------------------------------------------------------------
+
+
+def test_recipe_loads_and_rejects_unknown_keys(tmp_path: Path) -> None:
+    recipe = T.load_recipe(str(REPO / "training/recipes/tiny_synthetic.yaml"), ["--optim.lr=3e-4", "--data.regions="])
+    assert recipe.optim.lr == 3e-4 and recipe.data.regions == ()
+    ablation = T.load_recipe(str(REPO / "training/recipes/tiny_synthetic_no_regions.yaml"), [])
+    assert ablation.data.regions == () and ablation.loss.bbox == 0 and ablation.loss.giou == 0
+    with pytest.raises(SystemExit, match="unknown key"):
+        T.load_recipe(None, ["--optim.lrr=1"])
+    with pytest.raises(SystemExit, match="must be int"):
+        T.load_recipe(None, ["--steps=many"])
+    with pytest.raises(SystemExit, match="--key=value"):
+        T.load_recipe(None, ["steps=3"])
+
+
+def test_lr_is_a_pure_function_of_step() -> None:
+    optim = T.OptimRecipe(lr=1.0, warmup_steps=10, schedule="linear")
+    assert [T.get_lr(s, optim, 110) for s in (0, 5, 10, 60, 110)] == [0.0, 0.5, 1.0, 0.5, 0.0]
+    cosine = T.OptimRecipe(lr=1.0, warmup_steps=0, schedule="cosine", min_lr_ratio=0.1)
+    assert T.get_lr(0, cosine, 100) == pytest.approx(1.0) and T.get_lr(100, cosine, 100) == pytest.approx(0.1)
+
+
+def test_optimizer_groups_follow_the_official_split() -> None:
+    config = T.model_config(T.TrainRecipe(), vocab_size=50)
+    model = T.XVLM(config)
+    optimizer = T.build_optimizer(model, T.OptimRecipe(lr=1.0, weight_decay=0.01, lr_mult=2.0))
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_group = [{names[id(p)] for p in g["params"]} for g in optimizer.param_groups]
+    assert "text_encoder.embeddings.word_embeddings.weight" in by_group[0]  # decay, base lr
+    assert "text_encoder.embeddings.LayerNorm.weight" in by_group[1]  # no decay, base lr
+    assert "itm_head.0.weight" in by_group[2] and optimizer.param_groups[2]["lr_scale"] == 2.0
+    assert "itm_head.0.bias" in by_group[3] and optimizer.param_groups[3]["weight_decay"] == 0.0
+    assert sum(len(g) for g in by_group) == len(names)
+
+
+def test_atomic_save_never_exposes_a_partial_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.pt"
+    T.atomic_torch_save({"step": 1, "w": torch.arange(4)}, path, step=1)
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temp file left behind
+
+
+# -- runs -------------------------------------------------------------------------------------------------
+
+
+def test_two_process_gloo_run(synth: Path, tmp_path: Path) -> None:
+    """torchrun, 2 ranks: losses finite, weights bit-identical across ranks at every checkpoint (checked in-run)."""
+    out = tmp_path / "ddp"
+    result = _train(synth, out, "--steps=4", "--ckpt_every=2", nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world 2, batch 8 = 2 ranks x 1 accum x 4 images" in result.stderr
+    records = _losses(out)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(isinstance(v, float) for r in records for k, v in r.items() if k != "step")
+    state = T.load_state(out)
+    assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["step"] == 4
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_gradient_accumulation_keeps_the_global_batch(synth: Path, tmp_path: Path) -> None:
+    out = tmp_path / "accum"
+    result = _train(synth, out, "--steps=2", "--micro_batch_size=4", "--ckpt_every=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "batch 8 = 1 ranks x 2 accum x 4 images" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def reference_out(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reference")
+    result = _train(synth, out, "--steps=6", "--ckpt_every=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(reference_out: Path) -> list[dict]:
+    records = _losses(reference_out)
+    assert len(records) == 6 and any("region_bbox" in r for r in records)
+    return records
+
+
+def test_evaluate_reports_every_metric(reference_out: Path, synth: Path) -> None:
+    from training import evaluate
+
+    result = evaluate.evaluate(reference_out / "model", synth, num_scenes=12, k_test=4)
+    retrieval, grounding, check = result["retrieval"], result["grounding"], result["check"]
+    assert retrieval["gallery"] == 12 and 0 <= retrieval["img_r1"] <= retrieval["img_r5"] <= 1
+    assert 0 <= retrieval["txt_r1"] <= retrieval["txt_r5"] <= 1
+    assert grounding["phrases"] > 12 and 0 <= grounding["acc_iou50"] <= 1
+    assert check["statements"] == 48 and 0 <= check["accuracy"] <= 1
+    assert "skipped" in result["caption"] and "skipped" in result["vqa"]  # a pretraining checkpoint
+
+
+def test_caption_metrics_use_pycocoevalcap() -> None:
+    pytest.importorskip("pycocoevalcap")
+    from training.evaluate import caption_metrics
+
+    refs = [["a red circle and a blue square", "one red circle"], ["three green stars", "green stars"]]
+    perfect = caption_metrics(["a red circle and a blue square", "three green stars"], refs)
+    wrong = caption_metrics(["a blue square", "two red circles"], refs)
+    assert perfect["bleu4"] > 0.99 and perfect["cider_d"] > wrong["cider_d"] and wrong["bleu4"] < 0.1
+
+
+@pytest.mark.parametrize("fault", ["model:4", "state:4"])
+def test_kill_during_checkpoint_resumes_bit_identically(synth: Path, tmp_path: Path, reference_run: list[dict], fault: str) -> None:
+    out = tmp_path / "killed"
+    killed = _train(synth, out, "--steps=6", "--ckpt_every=2", fault=fault)
+    assert killed.returncode == -signal.SIGKILL
+    assert T.load_state(out)["step"] == 2  # the interrupted save committed nothing
+    resumed = _train(synth, out, "--steps=6", "--ckpt_every=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr and "step 2" in resumed.stderr
+    assert _losses(out) == reference_run
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # stale temp files were cleared
+
+
+@pytest.mark.slow
+def test_kill_at_a_random_moment_resumes_bit_identically(synth: Path, tmp_path: Path, reference_run: list[dict]) -> None:
+    """SIGKILL from outside as soon as the step-2 checkpoint is committed, mid-way through later steps."""
+    out = tmp_path / "sigkill"
+    env = _env()
+    cmd = [sys.executable, "-m", "training.train", f"--data.train_dir={synth}", f"--out={out}", *SMALL,
+           "--steps=6", "--ckpt_every=2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / T.STATE_FILE).exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert T.load_state(out)["step"] in (2, 4, 6)
+    resumed = _train(synth, out, "--steps=6", "--ckpt_every=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _losses(out) == reference_run
