@@ -1,6 +1,7 @@
 // xvlm_edge._C: a thin pybind11 face over the core library. Argument checks that need NumPy (dtype,
 // shape) live here; everything else is the core's. Core exceptions become the classes of the same name
-// in xvlm_edge/errors.py.
+// in xvlm_edge/errors.py. Engine tensors cross as plain values (dtype names, shape tuples, device pointers
+// as ints) so that the binding needs neither torch nor CUDA; xvlm_edge/runtime/tensorrt.py adapts torch.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -8,12 +9,20 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
+#include "xvlm_edge/engine.hpp"
 #include "xvlm_edge/errors.hpp"
 #include "xvlm_edge/preprocess.hpp"
+
+#ifndef XVLM_EDGE_HAS_TENSORRT
+#define XVLM_EDGE_HAS_TENSORRT 0  // CMake defines it to 1 when it found TensorRT
+#endif
 
 namespace py = pybind11;
 
@@ -65,10 +74,169 @@ py::array_t<float> preprocess(const py::array& img, int res, const std::array<fl
   return to_numpy(std::move(chw), {3, res, res});
 }
 
+// ---- engines ------------------------------------------------------------------------------------------
+
+using RangeTuple = std::tuple<xvlm_edge::Dims, xvlm_edge::Dims, xvlm_edge::Dims>;  // (min, opt, max)
+using TensorTuple = std::tuple<std::string, std::string, xvlm_edge::Dims, std::uintptr_t>;  // name, dtype, shape, ptr
+
+xvlm_edge::Profile make_profile(const std::map<std::string, RangeTuple>& ranges) {
+  xvlm_edge::Profile p;
+  for (const auto& [name, r] : ranges) p.ranges[name] = {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+  return p;
+}
+
+std::map<std::string, RangeTuple> profile_ranges(const xvlm_edge::Profile& p) {
+  std::map<std::string, RangeTuple> out;
+  for (const auto& [name, r] : p.ranges) out[name] = {r.min, r.opt, r.max};
+  return out;
+}
+
+std::vector<xvlm_edge::TensorArg> tensor_args(const std::vector<TensorTuple>& tensors) {
+  std::vector<xvlm_edge::TensorArg> out;
+  for (const auto& [name, dtype, shape, ptr] : tensors) {
+    out.push_back({name, xvlm_edge::parse_dtype(dtype), shape, reinterpret_cast<void*>(ptr)});
+  }
+  return out;
+}
+
+void validate_shapes(const xvlm_edge::EngineSpec& spec,
+                     const std::map<std::string, std::pair<std::string, xvlm_edge::Dims>>& inputs) {
+  std::vector<xvlm_edge::TensorArg> args;
+  for (const auto& [name, v] : inputs) args.push_back({name, xvlm_edge::parse_dtype(v.first), v.second, nullptr});
+  xvlm_edge::validate_inputs(spec, args);
+}
+
+void bind_engines(py::module_& m) {
+  py::class_<xvlm_edge::TensorSpec>(m, "TensorSpec",
+                                    "An engine input or output: name, dtype name, shape (-1 = dynamic).")
+      .def(py::init([](std::string name, const std::string& dtype, xvlm_edge::Dims shape) {
+             return xvlm_edge::TensorSpec{std::move(name), xvlm_edge::parse_dtype(dtype), std::move(shape)};
+           }),
+           py::arg("name"), py::arg("dtype"), py::arg("shape"))
+      .def_readonly("name", &xvlm_edge::TensorSpec::name)
+      .def_property_readonly("dtype",
+                             [](const xvlm_edge::TensorSpec& t) { return std::string(xvlm_edge::dtype_name(t.dtype)); })
+      .def_property_readonly("shape", [](const xvlm_edge::TensorSpec& t) { return py::tuple(py::cast(t.shape)); })
+      .def("__repr__", [](const xvlm_edge::TensorSpec& t) {
+        return "TensorSpec('" + t.name + "', '" + std::string(xvlm_edge::dtype_name(t.dtype)) + "', " +
+               xvlm_edge::format_dims(t.shape) + ")";
+      });
+
+  py::class_<xvlm_edge::Profile>(m, "Profile",
+                                 "One optimisation profile: {input name: (min, opt, max) shapes}; bounds inclusive.")
+      .def(py::init(&make_profile), py::arg("ranges"))
+      .def_property_readonly("ranges", &profile_ranges);
+
+  py::class_<xvlm_edge::EngineSpec>(m, "EngineSpec", "An engine's inputs, outputs and optimisation profiles.")
+      .def(py::init([](std::vector<xvlm_edge::TensorSpec> inputs, std::vector<xvlm_edge::TensorSpec> outputs,
+                       std::vector<xvlm_edge::Profile> profiles) {
+             return xvlm_edge::EngineSpec{std::move(inputs), std::move(outputs), std::move(profiles)};
+           }),
+           py::arg("inputs"), py::arg("outputs"), py::arg("profiles"))
+      .def_readonly("inputs", &xvlm_edge::EngineSpec::inputs)
+      .def_readonly("outputs", &xvlm_edge::EngineSpec::outputs)
+      .def_readonly("profiles", &xvlm_edge::EngineSpec::profiles)
+      .def("validate", &xvlm_edge::EngineSpec::validate,
+           "Raise EngineError unless names are unique, ranks 1-8, and every profile gives every dynamic input a\n"
+           "range with min <= opt <= max that pins the static dims.");
+
+  py::class_<xvlm_edge::EngineManifest>(m, "EngineManifest",
+                                        "The JSON written beside an engine file (schema in csrc/tensorrt/README.md).")
+      .def(py::init([](std::string graph, std::string engine, std::string sha256, std::string tensorrt_version,
+                       std::string precision, xvlm_edge::EngineSpec spec) {
+             xvlm_edge::EngineManifest mf;
+             mf.graph = std::move(graph);
+             mf.engine = std::move(engine);
+             mf.sha256 = std::move(sha256);
+             mf.tensorrt_version = std::move(tensorrt_version);
+             mf.precision = std::move(precision);
+             mf.spec = std::move(spec);
+             mf.validate();
+             return mf;
+           }),
+           py::arg("graph"), py::arg("engine"), py::arg("sha256"), py::arg("tensorrt_version"), py::arg("precision"),
+           py::arg("spec"))
+      .def_static("parse", [](const std::string& text) { return xvlm_edge::EngineManifest::parse(text); },
+                  py::arg("text"), "Parse and validate a manifest's JSON text; EngineError names the bad field.")
+      .def_static("load", &xvlm_edge::EngineManifest::load, py::arg("path"),
+                  "Read and parse a manifest file; EngineError names the file and the bad field.")
+      .def("to_json", &xvlm_edge::EngineManifest::to_json, "The manifest as JSON text (parse(to_json()) round-trips).")
+      .def_readonly("schema", &xvlm_edge::EngineManifest::schema)
+      .def_readonly("graph", &xvlm_edge::EngineManifest::graph)
+      .def_readonly("engine", &xvlm_edge::EngineManifest::engine)
+      .def_readonly("sha256", &xvlm_edge::EngineManifest::sha256)
+      .def_readonly("tensorrt_version", &xvlm_edge::EngineManifest::tensorrt_version)
+      .def_readonly("precision", &xvlm_edge::EngineManifest::precision)
+      .def_readonly("spec", &xvlm_edge::EngineManifest::spec);
+
+  m.def("select_profile", &xvlm_edge::select_profile, py::arg("profiles"), py::arg("shapes"),
+        "Index of the first profile whose [min, max] holds every input shape ({name: shape}). EngineError\n"
+        "names, per profile, the first input and dim outside it and the allowed range.");
+  m.def("validate_shapes", &validate_shapes, py::arg("spec"), py::arg("inputs"),
+        "Check {name: (dtype name, shape)} against spec's inputs: none missing or unknown, dtype and rank\n"
+        "equal, static dims equal. Raises EngineError naming the tensor.");
+  m.def("check_tensorrt_compatible",
+        [](const std::string& built_with, const std::string& runtime) {
+          xvlm_edge::check_tensorrt_compatible(xvlm_edge::parse_tensorrt_version(built_with),
+                                               xvlm_edge::parse_tensorrt_version(runtime));
+        },
+        py::arg("built_with"), py::arg("runtime"),
+        "Raise EngineError unless an engine built with TensorRT `built_with` runs on `runtime` (same\n"
+        "major.minor).");
+  m.def("has_tensorrt", [] { return static_cast<bool>(XVLM_EDGE_HAS_TENSORRT); },
+        "Whether this _C was compiled with the TensorRT runner (EngineBuilder, EngineRunner).");
+
+  m.def("tensorrt_version",
+        []() -> std::optional<std::string> {
+#if XVLM_EDGE_HAS_TENSORRT
+          return xvlm_edge::runtime_tensorrt_version().to_string();
+#else
+          return std::nullopt;
+#endif
+        },
+        "The linked TensorRT's version (\"10.3.0\"), what the export step writes into a manifest; None\n"
+        "when _C was built without TensorRT.");
+
+#if XVLM_EDGE_HAS_TENSORRT
+  py::class_<xvlm_edge::EngineBuilder>(m, "EngineBuilder",
+                                       "ONNX -> strongly typed TensorRT engine with profiles and a timing cache.")
+      .def(py::init([](std::string onnx_path, std::string engine_path, std::vector<xvlm_edge::Profile> profiles,
+                       std::string timing_cache_path, std::size_t workspace_bytes) {
+             return xvlm_edge::EngineBuilder(xvlm_edge::BuildOptions{std::move(onnx_path), std::move(engine_path),
+                                                                     std::move(timing_cache_path), std::move(profiles),
+                                                                     workspace_bytes});
+           }),
+           py::arg("onnx_path"), py::arg("engine_path"), py::arg("profiles"), py::arg("timing_cache_path") = "",
+           py::arg("workspace_bytes") = std::size_t{1} << 30)
+      .def("build", &xvlm_edge::EngineBuilder::build, py::call_guard<py::gil_scoped_release>(),
+           "Build and write the engine; returns its EngineSpec. Minutes on a big graph; releases the GIL.");
+
+  py::class_<xvlm_edge::EngineRunner>(m, "EngineRunner", "A deserialised engine and one execution context.")
+      .def(py::init<xvlm_edge::EngineManifest, const std::string&>(), py::arg("manifest"), py::arg("engine_path"),
+           py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("manifest", &xvlm_edge::EngineRunner::manifest)
+      .def("prepare", &xvlm_edge::EngineRunner::prepare, py::arg("shapes"), py::arg("stream") = 0,
+           py::call_guard<py::gil_scoped_release>(),
+           "Validate {name: shape}, select the profile, set the shapes; returns {output name: shape}.")
+      .def("run",
+           [](xvlm_edge::EngineRunner& r, const std::vector<TensorTuple>& inputs,
+              const std::vector<TensorTuple>& outputs, std::uintptr_t stream) {
+             auto in = tensor_args(inputs);
+             auto out = tensor_args(outputs);
+             py::gil_scoped_release release;
+             r.run(in, out, stream);
+           },
+           py::arg("inputs"), py::arg("outputs"), py::arg("stream"),
+           "Zero-copy enqueue: inputs/outputs are (name, dtype, shape, device pointer) tuples, stream a\n"
+           "cudaStream_t as int. Returns once enqueued; releases the GIL.");
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "Compiled core of xvlm_edge (Pillow-exact image preprocessing). Use xvlm_edge.preprocess.";
+  m.doc() = "Compiled core of xvlm_edge: Pillow-exact image preprocessing (use xvlm_edge.preprocess) and the\n"
+            "TensorRT engine manifest, profile and shape logic (use xvlm_edge.runtime.tensorrt).";
   m.attr("__version__") = XVLM_EDGE_VERSION;
 
   // Subclass first: the translator's try/catch order decides which Python class is raised.
@@ -79,6 +247,8 @@ PYBIND11_MODULE(_C, m) {
       py::set_error(py::module_::import("xvlm_edge.errors").attr("ImageError"), e.what());
     } catch (const xvlm_edge::InputError& e) {
       py::set_error(py::module_::import("xvlm_edge.errors").attr("InputError"), e.what());
+    } catch (const xvlm_edge::EngineError& e) {
+      py::set_error(py::module_::import("xvlm_edge.errors").attr("EngineError"), e.what());
     }
   });
 
@@ -90,4 +260,6 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_threads") = 0,
         "Resize an (H, W, 3) uint8 RGB array to res x res (Pillow bicubic) and normalise to float32\n"
         "(3, res, res) as torchvision ToTensor + Normalize(mean, std) would. Releases the GIL.");
+
+  bind_engines(m);
 }

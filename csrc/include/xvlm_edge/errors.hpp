@@ -18,4 +18,12 @@ class ImageError : public InputError {
   using InputError::InputError;
 };
 
+// An inference engine refused to build, load or run: a manifest that does not parse, a TensorRT version
+// mismatch, a shape outside every optimisation profile, a missing or unknown tensor. what() names the
+// tensor, the dimension and the allowed range or version.
+class EngineError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 }  // namespace xvlm_edge
