@@ -20,11 +20,17 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+source"
 
 
-def load(path):
-    """Load our checkpoint directory or an official X-VLM `.th` file (any of the six layouts)."""
-    from xvlm_edge.checkpoint import load as load_checkpoint
+def load(path=None, backend="auto", precision="fp32", device=None):
+    """Load a model: our checkpoint directory or an official X-VLM `.th` file (any of the six layouts).
 
-    return load_checkpoint(path)
+    Returns an `xvlm_edge.api.Model` with caption / ground / match / check / retrieve / answer / nlvr.
+    `backend` is "auto" or "torch"; `precision` "fp32", or "fp16"/"bf16" on CUDA; `device` None picks CUDA
+    when present. `model.info` reports what was chosen. With no path, the embedded default model would load;
+    none ships yet, so that raises CheckpointError.
+    """
+    from xvlm_edge.api import load as load_model
+
+    return load_model(path, backend=backend, precision=precision, device=device)
 
 
 __all__ = [

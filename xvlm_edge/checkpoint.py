@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from xvlm_edge.config import LAYOUT_HEADS, ClipVitConfig, ModelConfig, SwinConfig, TextConfig
+from xvlm_edge.config import LAYOUT_HEADS, ClipVitConfig, ModelConfig, SwinConfig, TextConfig, tasks_from_yaml
 from xvlm_edge.errors import CheckpointError
 from xvlm_edge.models.xvlm import XVLM
 from xvlm_edge.tokenizer import Tokenizer
@@ -82,7 +82,7 @@ def read_official(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             "(weights_only=True). Official X-VLM checkpoints contain only tensors and dicts.",
             hint="if you trust the file, re-save its state_dict with torch.save({'model': sd}, ...)",
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {exc}") from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
@@ -128,7 +128,10 @@ def infer_config(
     yaml = dict(yaml or {})
     vision_json = _read_json_ref(yaml.get("vision_config"), config_root)
     text_json = _read_json_ref(yaml.get("text_config"), config_root)
-    vision = _infer_swin(state, yaml) if "vision_encoder.patch_embed.proj.weight" in state else _infer_clip(state, yaml, vision_json)
+    if "vision_encoder.patch_embed.proj.weight" in state:
+        vision = _infer_swin(state, yaml, vision_json)
+    else:
+        vision = _infer_clip(state, vision_json)
     prefix = {"pretrain": "text_encoder.bert.", "captioning": "text_decoder.bert."}.get(layout, "text_encoder.")
     text = _infer_text(state, prefix, layout, text_json)
     config = ModelConfig(vision=vision, text=text, heads=LAYOUT_HEADS[layout])
@@ -139,15 +142,17 @@ def infer_config(
         extra["vqa_decoder_layers"] = _count_layers(state, "text_decoder.bert.encoder.layer.")
     if "max_tokens" in yaml:
         extra["max_tokens"] = int(yaml["max_tokens"])
+    extra["tasks"] = tasks_from_yaml(yaml, layout)
     return ModelConfig(**{**config.__dict__, **extra})
 
 
-def _infer_swin(state: Mapping[str, torch.Tensor], yaml: Mapping) -> SwinConfig:
+def _infer_swin(state: Mapping[str, torch.Tensor], yaml: Mapping, vision_json: Mapping) -> SwinConfig:
     proj = state["vision_encoder.patch_embed.proj.weight"]
     num_stages = _count_layers(state, "vision_encoder.layers.")
     depths = tuple(_count_layers(state, f"vision_encoder.layers.{i}.blocks.") for i in range(num_stages))
     tables = [state[f"vision_encoder.layers.{i}.blocks.0.attn.relative_position_bias_table"] for i in range(num_stages)]
-    window = (math.isqrt(max(t.shape[0] for t in tables)) + 1) // 2
+    # A stage smaller than the window uses a smaller table, so the json's window wins when it is at hand.
+    window = int(vision_json.get("window_size", (math.isqrt(max(t.shape[0] for t in tables)) + 1) // 2))
     fc1 = state["vision_encoder.layers.0.blocks.0.mlp.fc1.weight"]
     image_res = yaml.get("image_res")
     if image_res is None:
@@ -166,7 +171,7 @@ def _infer_swin(state: Mapping[str, torch.Tensor], yaml: Mapping) -> SwinConfig:
     )
 
 
-def _infer_clip(state: Mapping[str, torch.Tensor], yaml: Mapping, vision_json: Mapping) -> ClipVitConfig:
+def _infer_clip(state: Mapping[str, torch.Tensor], vision_json: Mapping) -> ClipVitConfig:
     width = state["vision_encoder.class_embedding"].shape[0]
     patch = state["vision_encoder.patch_embed.weight"].shape[-1]
     grid = math.isqrt(state["vision_encoder.pos_embed.weight"].shape[0] - 1)

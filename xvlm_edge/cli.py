@@ -95,6 +95,157 @@ def cmd_smoke(args: argparse.Namespace) -> None:
     _emit(args, result, human)
 
 
+# -- task commands: thin shells over xvlm_edge.api.Model ------------------------------------------------------
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: Images per model call when a command walks a folder (one progress-bar tick each).
+CLI_CHUNK = 8
+
+
+def _load_model(args: argparse.Namespace):
+    from xvlm_edge.api import load
+
+    return load(args.model, backend=args.backend, precision=args.precision, device=args.device)
+
+
+def _image_paths(sources: Sequence[str]) -> list[Path]:
+    """Files as given, folders expanded to their image files (sorted); a missing path is a user error."""
+    paths = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InputError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise InputError(f"image not found: {path}", hint="check the path")
+    return paths
+
+
+def _chunks(paths: list[Path]):
+    """Chunks of paths, with a progress bar on stderr when there is more than one chunk."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) <= CLI_CHUNK)
+    for start in range(0, len(paths), CLI_CHUNK):
+        chunk = paths[start : start + CLI_CHUNK]
+        yield chunk
+        bar.update(len(chunk))
+    bar.close()
+
+
+def _document(model, results) -> dict:
+    return {"backend": model.info, "results": results}
+
+
+def cmd_caption(args: argparse.Namespace) -> None:
+    paths = _image_paths(args.images)
+    model = _load_model(args)
+    results = []
+    for chunk in _chunks(paths):
+        for path, caption in zip(chunk, model.caption([str(p) for p in chunk], num_beams=args.beams)):
+            results.append({"image": str(path), "caption": caption.text, "score": caption.score, "token_ids": caption.token_ids})
+    _emit(args, _document(model, results), "\n".join(f"{r['image']}: {r['caption']}" for r in results))
+
+
+def cmd_ground(args: argparse.Namespace) -> None:
+    (path,) = _image_paths([args.image])
+    model = _load_model(args)
+    boxes = model.ground(str(path), list(args.phrases))
+    results = [{"image": str(path), "phrase": b.text, "xyxy": b.xyxy, "cxcywh": b.cxcywh} for b in boxes]
+    if args.draw is not None:
+        draw_boxes(path, boxes, args.draw)
+    human = "\n".join(f"{b.text!r}: [{', '.join(f'{v:.1f}' for v in b.xyxy)}]" for b in boxes)
+    _emit(args, _document(model, results), human + (f"\ndrawn to {args.draw}" if args.draw else ""))
+
+
+def draw_boxes(image_path: Path, boxes, out: Path) -> None:
+    """Write the image with each box and its phrase drawn on it (OpenCV), at the original size."""
+    import cv2
+
+    from xvlm_edge.preprocess import load_image
+
+    canvas = cv2.cvtColor(load_image(str(image_path)), cv2.COLOR_RGB2BGR)
+    scale = max(canvas.shape[:2]) / 640
+    for i, box in enumerate(boxes):
+        color = ((60 * i) % 256, 255 - (40 * i) % 256, 255)
+        x1, y1, x2, y2 = (round(v) for v in box.xyxy)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), color, max(1, round(2 * scale)))
+        cv2.putText(canvas, box.text, (max(x1, 0), max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, max(0.3, 0.5 * scale), color, 1, cv2.LINE_AA)
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
+    if out.suffix.lower() != ".png" or not cv2.imwrite(str(out), canvas):
+        raise InputError(f"cannot write {out}", hint="give a .png path in an existing folder")
+
+
+def cmd_match(args: argparse.Namespace) -> None:
+    (path,) = _image_paths([args.image])
+    model = _load_model(args)
+    probs = model.match(str(path), list(args.texts))
+    results = [{"image": str(path), "text": t, "probability": p} for t, p in zip(args.texts, probs)]
+    _emit(args, _document(model, results), "\n".join(f"{p:.3f}  {t}" for t, p in zip(args.texts, probs)))
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    paths = _image_paths(args.images)
+    model = _load_model(args)
+    results = []
+    for chunk in _chunks(paths):
+        for path in chunk:
+            verdict = model.check(str(path), args.statement)
+            results.append({"image": str(path), "statement": args.statement, "verdict": verdict.verdict,
+                            "score": verdict.score, "threshold": verdict.threshold})  # fmt: skip
+    human = "\n".join(f"{r['image']}: {'true' if r['verdict'] else 'false'} ({r['score']:.3f})" for r in results)
+    _emit(args, _document(model, results), human)
+
+
+def cmd_retrieve(args: argparse.Namespace) -> None:
+    paths = _image_paths(args.images)
+    model = _load_model(args)
+    found = model.retrieve([str(p) for p in paths], list(args.texts), k=args.k)
+    results = {
+        "texts_for_image": {str(p): [{"text": args.texts[t], "score": s} for t, s in ranked] for p, ranked in zip(paths, found.texts_for_image)},
+        "images_for_text": {text: [{"image": str(paths[i]), "score": s} for i, s in ranked] for text, ranked in zip(args.texts, found.images_for_text)},
+    }  # fmt: skip
+    lines = []
+    for path, ranked in zip(paths, found.texts_for_image):
+        lines.append(f"{path}:")
+        lines += [f"  {s:8.3f}  {args.texts[t]}" for t, s in ranked]
+    _emit(args, _document(model, results), "\n".join(lines))
+
+
+def cmd_answer(args: argparse.Namespace) -> None:
+    paths = _image_paths(args.images)
+    answers = None
+    if args.answers_file is not None:
+        try:
+            answers = [line.strip() for line in args.answers_file.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise InputError(f"cannot read answer list {args.answers_file}: {exc}") from None
+    elif args.answers:
+        answers = list(args.answers)
+    model = _load_model(args)
+    results = []
+    for chunk in _chunks(paths):
+        found = model.answer([str(p) for p in chunk], [args.question] * len(chunk), answers)
+        for path, answer in zip(chunk, found):
+            results.append({"image": str(path), "question": args.question, "answer": answer.text, "score": answer.score,
+                            "candidates": [{"answer": a, "probability": p} for a, p in answer.candidates]})  # fmt: skip
+    _emit(args, _document(model, results), "\n".join(f"{r['image']}: {r['answer']}" for r in results))
+
+
+def cmd_nlvr(args: argparse.Namespace) -> None:
+    left, right = _image_paths([args.left, args.right])
+    model = _load_model(args)
+    verdict = model.nlvr(str(left), str(right), args.statement)
+    result = {"left": str(left), "right": str(right), "statement": args.statement, "verdict": verdict.verdict, "score": verdict.score}
+    _emit(args, _document(model, [result]), f"{'true' if verdict.verdict else 'false'} ({verdict.score:.3f})")
+
+
 def _checkerboard(np, size: int):
     """A deterministic test image, so the smoke run needs no file."""
     yy, xx = np.mgrid[0:size, 0:size]
@@ -119,7 +270,59 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--text", default="a checkerboard pattern", help="text to match and ground")
     smoke.set_defaults(run=cmd_smoke)
 
-    for command in (convert, smoke):
+    tasks = []
+
+    def task(name: str, help: str, run, example: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help, epilog=f"example: {example}")
+        command.set_defaults(run=run)
+        tasks.append(command)
+        return command
+
+    caption = task("caption", "caption images (files or folders)", cmd_caption, "xvlm-edge caption photos/ --model captioning.th")
+    caption.add_argument("images", nargs="+", help="image files or folders of images")
+    caption.add_argument("--beams", type=int, help="beam width; 1 = greedy (default: the checkpoint's, 3 officially)")
+
+    ground = task("ground", "locate phrases in an image (bbox head)", cmd_ground,
+                  'xvlm-edge ground street.jpg "the man crossing the street" --draw out.png --model bbox.th')  # fmt: skip
+    ground.add_argument("image", help="an image file")
+    ground.add_argument("phrases", nargs="+", help="one or more phrases; they share the image's encoding")
+    ground.add_argument("--draw", type=Path, help="write the image with the boxes and phrases drawn to this PNG")
+
+    match = task("match", "ITM probability that texts describe an image", cmd_match, 'xvlm-edge match cat.jpg "a cat" "a dog" --model retrieval.th')
+    match.add_argument("image", help="an image file")
+    match.add_argument("texts", nargs="+", help="one or more texts")
+
+    check = task("check", "is a statement true of the image(s)? (ITM with the checkpoint's threshold)", cmd_check,
+                 'xvlm-edge check homework/ --statement "three apples on a plate" --model retrieval.th')  # fmt: skip
+    check.add_argument("images", nargs="+", help="image files or folders of images")
+    check.add_argument("--statement", required=True, help="the statement to check")
+
+    retrieve = task("retrieve", "rank texts per image and images per text (ITC top-k, ITM re-rank)", cmd_retrieve,
+                    'xvlm-edge retrieve --images photos/ --texts "a red bike" "two dogs" --model retrieval.th')  # fmt: skip
+    retrieve.add_argument("--images", nargs="+", required=True, help="image files or folders")
+    retrieve.add_argument("--texts", nargs="+", required=True, help="candidate texts")
+    retrieve.add_argument("-k", type=int, help="candidates re-ranked per query (default: the checkpoint's k_test)")
+
+    answer = task("answer", "answer a question about image(s) (VQA)", cmd_answer,
+                  'xvlm-edge answer kitchen.jpg --question "what color is the kettle?" --model vqa.th')  # fmt: skip
+    answer.add_argument("images", nargs="+", help="image files or folders of images")
+    answer.add_argument("--question", required=True, help="the question")
+    group = answer.add_mutually_exclusive_group()
+    group.add_argument("--answers", nargs="+", help="candidate answers to rank (default: open-ended generation)")
+    group.add_argument("--answers-file", type=Path, help="candidate answers, one a line")
+
+    nlvr = task("nlvr", "is a statement true of an image pair? (NLVR2)", cmd_nlvr,
+                'xvlm-edge nlvr left.jpg right.jpg "both images show dogs" --model nlvr.th')  # fmt: skip
+    nlvr.add_argument("left", help="the left image")
+    nlvr.add_argument("right", help="the right image")
+    nlvr.add_argument("statement", help="the statement")
+
+    for command in tasks:
+        command.add_argument("--model", help="checkpoint: an xvlm_edge directory or an official .th")
+        command.add_argument("--backend", default="auto", help="auto (default) or torch")
+        command.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="fp16/bf16 need CUDA")
+        command.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    for command in (convert, smoke, *tasks):
         command.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     return parser
 

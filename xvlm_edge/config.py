@@ -103,6 +103,33 @@ class TextConfig:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """Task settings a checkpoint carries; defaults are the official fine-tuning yamls (or their fixtures').
+
+    The official captioning yaml sets prompt / max_length / min_length / num_beams, the VQA and retrieval
+    yamls set `k_test`; a converted checkpoint reads them from its yaml (`checkpoint.infer_config`).
+    """
+
+    caption_prompt: str = "a picture of "
+    caption_max_length: int = 20  # counts the prompt's tokens, as the official `generate`
+    caption_min_length: int = 5  # counts the prompt's tokens too (HF MinLengthLogitsProcessor)
+    caption_num_beams: int = 3
+    vqa_k_test: int = 128  # configs/VQA.yaml: answers re-scored after the first-token ranking
+    answer_max_length: int = 10  # open-ended answers: new tokens at most, [SEP] included
+    retrieval_k_test: int = 256  # configs/Retrieval_coco.yaml: candidates re-ranked by ITM
+
+
+def tasks_from_yaml(yaml: dict[str, Any], layout: str) -> TaskConfig:
+    """The task settings an official yaml sets; `k_test` means VQA's or retrieval's by the layout."""
+    keys = {"prompt": "caption_prompt", "max_length": "caption_max_length", "min_length": "caption_min_length",
+            "num_beams": "caption_num_beams"}  # fmt: skip
+    values = {ours: yaml[theirs] for theirs, ours in keys.items() if theirs in yaml}
+    if "k_test" in yaml and layout in ("vqa", "retrieval"):
+        values[f"{layout}_k_test"] = int(yaml["k_test"])
+    return TaskConfig(**values)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A whole X-VLM: vision + text + the heads its checkpoint carries."""
 
@@ -114,6 +141,7 @@ class ModelConfig:
     vqa_decoder_layers: int = 6  # official `num_dec_layers`: the answer decoder copies the fusion layers
     max_tokens: int = 40
     check_threshold: float = 0.5  # ITM probability above which `check` says "true"
+    tasks: TaskConfig = field(default_factory=TaskConfig)
 
     def __post_init__(self) -> None:
         unknown = set(self.heads) - set(HEADS)
@@ -146,7 +174,12 @@ class ModelConfig:
             raise CheckpointError(f"unknown vision encoder kind {kind!r}; expected 'swin' or 'clip_vit'")
         return _build(
             cls,
-            {**data, "vision": _build(vision_cls, vision), "text": _build(TextConfig, data.pop("text", {}))},
+            {
+                **data,
+                "vision": _build(vision_cls, vision),
+                "text": _build(TextConfig, data.pop("text", {})),
+                "tasks": _build(TaskConfig, data.pop("tasks", {})),
+            },
         )
 
     def save(self, path: str | Path) -> None:

@@ -1,0 +1,153 @@
+"""One interface over every inference backend: run a named graph on tensors, get tensors back.
+
+A backend implements `run(graph, *inputs)` for the graphs of `xvlm_edge.graphs` (same names, same input
+order, same outputs); the typed helpers here turn the outputs into the graphs' dataclasses, so tasks never
+see a backend's internals. `backend="auto"` is the only choice made for the caller, and it is reported in
+`Runtime.info`. Anything asked for that is not there raises `BackendUnavailableError` naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import torch
+
+from xvlm_edge.errors import BackendUnavailableError
+from xvlm_edge.graphs import (
+    CrossKV,
+    DecoderOutput,
+    FusionOutput,
+    ImageEncoding,
+    TextEncoding,
+)
+
+if TYPE_CHECKING:
+    from xvlm_edge.models.xvlm import XVLM
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch",)
+#: Backends of the design (DESIGN.md section 1) that this build does not ship yet.
+PLANNED_BACKENDS = ("onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+class Runtime(ABC):
+    """Runs graphs by name. `info` says which backend, device and precision were chosen and why."""
+
+    name: str
+    device: torch.device
+    precision: str
+    info: dict[str, str]
+
+    @abstractmethod
+    def run(self, graph: str, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Run `graph` on `inputs` (in the graph's INPUTS order); float outputs come back as fp32 on the CPU."""
+
+    @abstractmethod
+    def has(self, graph: str) -> bool:
+        """Whether this runtime has `graph` (the checkpoint's heads decide which graphs exist)."""
+
+    # -- typed helpers: the only calls tasks make ------------------------------------------------------
+
+    def vision(self, pixels: torch.Tensor) -> ImageEncoding:
+        out = self.run("vision", pixels)
+        return ImageEncoding(*out)
+
+    def text(self, text_ids: torch.Tensor, text_atts: torch.Tensor) -> TextEncoding:
+        return TextEncoding(*self.run("text", text_ids, text_atts))
+
+    def fusion(
+        self,
+        text_embeds: torch.Tensor,
+        text_atts: torch.Tensor,
+        image_embeds: torch.Tensor,
+        image_index: torch.Tensor,
+        image_atts: torch.Tensor | None = None,
+    ) -> FusionOutput:
+        if image_atts is None:
+            image_atts = full_image_atts(len(image_index), image_embeds.shape[1])
+        names = self.output_names("fusion")
+        out = dict(zip(names, self.run("fusion", text_embeds, text_atts, image_embeds, image_index, image_atts)))
+        return FusionOutput(**out)
+
+    def multimodal(
+        self, text_ids: torch.Tensor, text_atts: torch.Tensor, image_embeds: torch.Tensor, image_index: torch.Tensor
+    ) -> torch.Tensor:
+        atts = full_image_atts(len(image_index), image_embeds.shape[1])
+        return self.run("multimodal", text_ids, text_atts, image_embeds, image_index, atts)[0]
+
+    def nlvr(
+        self,
+        text_ids: torch.Tensor,
+        text_atts: torch.Tensor,
+        image_embeds: torch.Tensor,
+        left_index: torch.Tensor,
+        right_index: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.run("nlvr", text_ids, text_atts, image_embeds, left_index, right_index)[0]
+
+    def cross_kv(self, decoder: str, states: torch.Tensor) -> CrossKV:
+        """`decoder` is "caption" (states = image embeds) or "answer" (states = VQA question states)."""
+        return CrossKV(*self.run(f"{decoder}_cross_kv", states))
+
+    def decoder_step(
+        self,
+        graph: str,
+        text_ids: torch.Tensor,
+        self_atts: torch.Tensor,
+        cache_k: torch.Tensor,
+        cache_v: torch.Tensor,
+        cross: CrossKV,
+        cross_index: torch.Tensor,
+        cross_atts: torch.Tensor,
+    ) -> DecoderOutput:
+        """`graph` is "caption_step" / "answer_step", or "caption_score" / "answer_score" (logits of every new position)."""
+        out = self.run(graph, text_ids, self_atts, cache_k, cache_v, cross.k, cross.v, cross_index, cross_atts)
+        return DecoderOutput(*out)
+
+    def empty_cache(self, decoder: str, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """An empty self-attention cache (L, rows, heads, 0, d) for `decoder` ("caption" or "answer")."""
+        layers, heads, dim = self.cache_shape(decoder)
+        empty = torch.zeros(layers, rows, heads, 0, dim)
+        return empty, empty
+
+    @abstractmethod
+    def output_names(self, graph: str) -> tuple[str, ...]:
+        """Names of `graph`'s outputs (they depend on the checkpoint's heads)."""
+
+    @abstractmethod
+    def cache_shape(self, decoder: str) -> tuple[int, int, int]:
+        """(layers, heads, head dim) of a decoder's self-attention cache."""
+
+
+def full_image_atts(rows: int, tokens: int) -> torch.Tensor:
+    """The all-ones (rows, 1 + N) image mask of whole-image queries."""
+    return torch.ones(rows, tokens, dtype=torch.long)
+
+
+def create_runtime(
+    model: XVLM, backend: str = "auto", precision: str = "fp32", device: str | torch.device | None = None
+) -> Runtime:
+    """The runtime asked for, or BackendUnavailableError naming what is missing (never a silent fallback)."""
+    if precision not in PRECISIONS:
+        raise BackendUnavailableError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+    if backend in PLANNED_BACKENDS:
+        raise BackendUnavailableError(
+            f"backend {backend!r} is not part of this build yet", hint="use backend='torch' (or 'auto')"
+        )
+    if backend not in ("auto", *BACKENDS):
+        raise BackendUnavailableError(f"unknown backend {backend!r}; choose one of {['auto', *BACKENDS]}")
+    from xvlm_edge.runtime.torch_backend import TorchRuntime
+
+    runtime = TorchRuntime(model, precision=precision, device=device)
+    runtime.info["requested"] = backend
+    if backend == "auto":
+        runtime.info["reason"] = "auto: torch is the only backend in this build"
+        log.info("backend auto -> torch on %s (%s)", runtime.device, precision)
+    return runtime
+
+
+__all__ = ["BACKENDS", "PRECISIONS", "Runtime", "create_runtime", "full_image_atts"]

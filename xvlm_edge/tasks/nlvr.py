@@ -1,0 +1,26 @@
+"""NLVR2: is a statement true of a pair of images? The official `model_nlvr` classifier."""
+
+from __future__ import annotations
+
+import torch
+
+from xvlm_edge.runtime import Runtime
+from xvlm_edge.tasks.match import Verdict
+
+
+def nlvr_logits(
+    runtime: Runtime,
+    image_embeds: torch.Tensor,
+    text_ids: torch.Tensor,
+    text_atts: torch.Tensor,
+    left_index: torch.Tensor,
+    right_index: torch.Tensor,
+) -> torch.Tensor:
+    """Logits (K, 2) (false, true) of K statements over image pairs (left_index[k], right_index[k])."""
+    return runtime.nlvr(text_ids, text_atts, image_embeds, left_index, right_index)
+
+
+def nlvr_verdicts(logits: torch.Tensor) -> list[Verdict]:
+    """The official prediction is the argmax; the score is the softmax probability of "true"."""
+    probs = logits.softmax(-1)[:, 1]
+    return [Verdict(bool(l[1] > l[0]), float(p), 0.5) for l, p in zip(logits, probs)]
