@@ -78,8 +78,8 @@ def read_official(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path} holds pickled objects other than tensors and plain containers; refusing to load it "
-            "(weights_only=True). Official X-VLM checkpoints contain only tensors and dicts.",
+            f"{path} is corrupt or holds pickled objects other than tensors and plain containers; refusing to "
+            "load it (weights_only=True). Official X-VLM checkpoints contain only tensors and dicts.",
             hint="if you trust the file, re-save its state_dict with torch.save({'model': sd}, ...)",
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as exc:
