@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,17 @@ def test_official_vocab_size_mismatch(reference_dir: Path) -> None:
     """The fixture's tiny-vocab model with the 30522-token default vocab must be refused, not misread."""
     with pytest.raises(CheckpointError, match="vocabulary has 30522 tokens"):
         convert_official(reference_dir / "checkpoints/swin_bbox.th", config_root=Path("/nonexistent"))
+
+
+def test_one_model_carries_every_head(reference_dir: Path) -> None:
+    """Our multi-task model: a pretrain checkpoint seeds both decoders and keeps its encoder heads."""
+    source = convert_official(reference_dir / "checkpoints/swin_pretrain.th")
+    target = source.config.with_heads((*LAYOUT_HEADS["pretrain"], "caption", "vqa"))
+    converted = convert_official(reference_dir / "checkpoints/swin_pretrain.th", target=target)
+    assert converted.report.unexpected == []
+    # Only the answer decoder's cross K/V are new when image and text widths differ (the official VQA rule).
+    assert all(re.search(r"answer_decoder\.bert\.encoder\.layer\.\d+\.crossattention\.self\.(key|value)", k) for k in converted.report.missing)
+    state = converted.model.state_dict()
+    for key, value in source.model.state_dict().items():
+        assert torch.equal(state[key], value), key
+    assert torch.equal(state["caption_decoder.bert.encoder.layer.0.attention.self.query.weight"], state["text_encoder.encoder.layer.0.attention.self.query.weight"])

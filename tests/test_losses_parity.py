@@ -107,10 +107,10 @@ def test_caption_loss_parity(ref: dict) -> None:
     config = json.loads((ref["dir"] / "configs/yaml_captioning.json").read_text())
     images = model.encode_image(ref["pixels"]["pixel_values_swin"])
     ids, atts = inp["captioning_tf_ids"], inp["captioning_tf_atts"]
-    hidden, _ = model.text_decoder.bert(ids, atts, context=model.image_context(images), causal=True)
+    hidden, _ = model.caption_decoder.bert(ids, atts, context=model.image_context(images), causal=True)
     prompt_length = len(tokenizer.caption_prompt_ids(config["prompt"]))
     targets = losses.caption_targets(ids, tokenizer.pad_id, prompt_length)
-    loss = losses.caption_loss(model.text_decoder.logits(hidden), targets, config["label_smoothing"])
+    loss = losses.caption_loss(model.caption_decoder.logits(hidden), targets, config["label_smoothing"])
     _close("tf_loss", loss, ref["load"]("expected/swin_captioning.pt")["tf_loss"])
 
 
@@ -129,8 +129,8 @@ def test_vqa_answer_loss_parity(ref: dict) -> None:
     question = torch.arange(num_questions).repeat_interleave(k)  # (A,) question of each answer
     answer_ids, answer_atts = inp["vqa_answers_ids"][answer_index], inp["vqa_answers_atts"][answer_index]
     context = CrossContext(states[question], question_atts[question])
-    hidden, _ = model.text_decoder.bert(answer_ids, answer_atts, context=context, causal=True)
-    logits = model.text_decoder.logits(hidden)
+    hidden, _ = model.answer_decoder.bert(answer_ids, answer_atts, context=context, causal=True)
+    logits = model.answer_decoder.logits(hidden)
     loss = losses.answer_loss(logits, answer_ids, checkpoint.tokenizer.pad_id, weights, num_questions)
     _close("train_loss", loss, ref["load"]("expected/swin_vqa.pt")["train_loss"])
 

@@ -150,7 +150,7 @@ def test_captioning_outputs(ref: dict) -> None:
     model, inp, expected = _model(ref, "swin_captioning"), ref["inputs"], ref["load"]("expected/swin_captioning.pt")
     images = model.encode_image(ref["pixels"]["pixel_values_swin"])
     _close("vision_full", images, expected["vision_full"])
-    decoder = model.text_decoder
+    decoder = model.caption_decoder
     hidden, _ = decoder.bert(inp["captioning_tf_ids"], inp["captioning_tf_atts"], context=model.image_context(images), causal=True)
     _close("tf_logits", decoder.logits(hidden), expected["tf_logits"])
 
@@ -164,8 +164,8 @@ def test_vqa_outputs(ref: dict) -> None:
     states = model.encode_multimodal(inp["vqa_questions_ids"], question_atts, model.image_context(images))
     _close("question_states", states, expected["question_states"])
     start = inp["vqa_answers_ids"][:1, :1].expand(len(states), 1)  # the answers' [CLS] starts decoding
-    hidden, _ = model.text_decoder.bert(start, torch.ones_like(start), context=CrossContext(states, question_atts), causal=True)
-    _close("start_logits", model.text_decoder.logits(hidden)[:, 0], expected["start_logits"])
+    hidden, _ = model.answer_decoder.bert(start, torch.ones_like(start), context=CrossContext(states, question_atts), causal=True)
+    _close("start_logits", model.answer_decoder.logits(hidden)[:, 0], expected["start_logits"])
 
 
 @torch.no_grad()
@@ -281,7 +281,7 @@ def _manifest_preset(name: str, manifest: dict):
     config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, image_res=res))
     assert config.vision.image_res == manifest["config"]["image_res"]
     if "num_dec_layers" in manifest["config"]:
-        config = dataclasses.replace(config, vqa_decoder_layers=manifest["config"]["num_dec_layers"])
+        assert config.vqa_decoder_layers == manifest["config"]["num_dec_layers"]
     if "embed_dim" in manifest["config"]:
         config = dataclasses.replace(config, embed_dim=manifest["config"]["embed_dim"])
     return config, layout

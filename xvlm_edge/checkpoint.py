@@ -44,8 +44,8 @@ RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
     "retrieval": (),
     "bbox": (),
     "nlvr": (),
-    "vqa": (("text_decoder.cls.predictions.", "text_decoder.head."),),
-    "captioning": (("text_decoder.cls.predictions.", "text_decoder.head."),),
+    "vqa": (("text_decoder.bert.", "answer_decoder.bert."), ("text_decoder.cls.predictions.", "answer_decoder.head.")),
+    "captioning": (("text_decoder.bert.", "caption_decoder.bert."), ("text_decoder.cls.predictions.", "caption_decoder.head.")),
 }
 
 #: Official buffers we rebuild from the config instead of loading (suffixes of the official keys).
@@ -138,8 +138,8 @@ def infer_config(
     extra = {}
     if "vision_proj.weight" in state:
         extra["embed_dim"] = state["vision_proj.weight"].shape[0]
-    if layout == "vqa":
-        extra["vqa_decoder_layers"] = _count_layers(state, "text_decoder.bert.encoder.layer.")
+    if layout == "vqa" and _count_layers(state, "text_decoder.bert.encoder.layer.") != config.vqa_decoder_layers:
+        raise CheckpointError("the VQA answer decoder must have as many layers as the fusion encoder (official rule)")
     if "max_tokens" in yaml:
         extra["max_tokens"] = int(yaml["max_tokens"])
     extra["tasks"] = tasks_from_yaml(yaml, layout)
@@ -303,23 +303,34 @@ def remap(state: dict[str, torch.Tensor], source: ModelConfig, target: ModelConf
 
     heads = set(target.heads)
     fusion = source.text.fusion_layer
+    encoder = {k: v for k, v in state.items() if k.startswith("text_encoder.")}
+    mlm = {k: v for k, v in state.items() if k.startswith("mlm_head.")}
+    seeded = False  # the decoders start from the pretrained text stack and MLM head, as the official loaders do
     if "caption" in heads and "caption" not in source.heads:
-        for key in [k for k in state if k.startswith(("text_encoder.", "mlm_head."))]:
-            new = key.replace("text_encoder.", "text_decoder.bert.", 1).replace("mlm_head.", "text_decoder.head.", 1)
-            state[new] = state.pop(key)
+        for key, value in encoder.items():
+            state[key.replace("text_encoder.", "caption_decoder.bert.", 1)] = value
+        for key, value in mlm.items():
+            state[key.replace("mlm_head.", "caption_decoder.head.", 1)] = value
+        seeded = True
     if "vqa" in heads and "vqa" not in source.heads:
         cross_kv_fits = target.vision.width == target.text.hidden_size
-        for key in [k for k in state if k.startswith("mlm_head.")]:
-            state[key.replace("mlm_head.", "text_decoder.head.", 1)] = state.pop(key)
-        for key in [k for k in state if k.startswith("text_encoder.")]:
+        for key, value in mlm.items():
+            state[key.replace("mlm_head.", "answer_decoder.head.", 1)] = value
+        for key, value in encoder.items():
             layer = _layer_index(key)
             if layer is not None and (layer < fusion or (not cross_kv_fits and re.search(r"crossattention\.self\.(key|value)", key))):
                 continue
             new = key
             if layer is not None:
-                new = new.replace(f"text_encoder.encoder.layer.{layer}.", f"text_decoder.bert.encoder.layer.{layer - fusion}.", 1)
-            new = new.replace("text_encoder.", "text_decoder.bert.", 1)
-            state[new] = state[key]
+                new = new.replace(f"text_encoder.encoder.layer.{layer}.", f"answer_decoder.bert.encoder.layer.{layer - fusion}.", 1)
+            state[new.replace("text_encoder.", "answer_decoder.bert.", 1)] = value
+        seeded = True
+    if seeded and "mlm" not in heads:  # moved into a decoder head, not left over
+        for key in mlm:
+            state.pop(key)
+    if seeded and not target.has_text_encoder:
+        for key in encoder:
+            state.pop(key)
     if "nlvr" in heads and "nlvr" not in source.heads:
         fusion_keys = [k for k in state if k.startswith("text_encoder.encoder.layer.") and _layer_index(k) >= fusion]
         moved = {k: state.pop(k) for k in fusion_keys}

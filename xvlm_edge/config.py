@@ -138,7 +138,6 @@ class ModelConfig:
     heads: tuple[str, ...] = LAYOUT_HEADS["pretrain"]
     embed_dim: int = 256  # ITC projection width
     temp: float = 0.07  # ITC temperature at initialisation
-    vqa_decoder_layers: int = 6  # official `num_dec_layers`: the answer decoder copies the fusion layers
     max_tokens: int = 40
     check_threshold: float = 0.5  # ITM probability above which `check` says "true"
     tasks: TaskConfig = field(default_factory=TaskConfig)
@@ -151,12 +150,16 @@ class ModelConfig:
             raise CheckpointError(
                 f"fusion_layer {self.text.fusion_layer} outside 0..{self.text.num_layers} text layers"
             )
-        if "caption" in self.heads and len(self.heads) > 1:
-            raise CheckpointError("the captioning layout has no text encoder; it cannot carry other heads")
+
+    @property
+    def vqa_decoder_layers(self) -> int:
+        """The answer decoder is a copy of the fusion layers (the official code asserts `num_dec_layers` equal)."""
+        return self.text.num_layers - self.text.fusion_layer
 
     @property
     def has_text_encoder(self) -> bool:
-        return "caption" not in self.heads
+        """Every head but captioning reads the text encoder; the official captioning layout has none."""
+        return bool(set(self.heads) - {"caption"})
 
     def with_heads(self, heads: tuple[str, ...]) -> ModelConfig:
         return dataclasses.replace(self, heads=tuple(heads))
@@ -216,7 +219,6 @@ PRESETS: dict[str, ModelConfig] = {
         vision=SwinConfig(image_res=128, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4),
         text=TextConfig(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512, fusion_layer=2),
         embed_dim=64,
-        vqa_decoder_layers=2,
     ),
 }
 

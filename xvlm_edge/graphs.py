@@ -272,11 +272,11 @@ def build_graphs(model: XVLM) -> dict[str, nn.Module]:
         graphs["nlvr"] = NlvrGraph(model)
     if "caption" in heads:
         pooled = model.pools_boxes
-        graphs["caption_cross_kv"] = CrossKVGraph(model.text_decoder, pooled)
-        graphs["caption_step"] = DecoderStepGraph(model.text_decoder, pooled)
-        graphs["caption_score"] = DecoderStepGraph(model.text_decoder, pooled, last_only=False)
+        graphs["caption_cross_kv"] = CrossKVGraph(model.caption_decoder, pooled)
+        graphs["caption_step"] = DecoderStepGraph(model.caption_decoder, pooled)
+        graphs["caption_score"] = DecoderStepGraph(model.caption_decoder, pooled, last_only=False)
     if "vqa" in heads:
-        graphs["answer_cross_kv"] = CrossKVGraph(model.text_decoder, pooled=False)
-        graphs["answer_step"] = DecoderStepGraph(model.text_decoder, pooled=False)
-        graphs["answer_score"] = DecoderStepGraph(model.text_decoder, pooled=False, last_only=False)
+        graphs["answer_cross_kv"] = CrossKVGraph(model.answer_decoder, pooled=False)
+        graphs["answer_step"] = DecoderStepGraph(model.answer_decoder, pooled=False)
+        graphs["answer_score"] = DecoderStepGraph(model.answer_decoder, pooled=False, last_only=False)
     return graphs

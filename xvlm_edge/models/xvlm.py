@@ -51,9 +51,9 @@ class XVLM(nn.Module):
             self.cls_head = build_head(hidden, 2)
         if "vqa" in heads:
             # The answer decoder is initialised from the fusion layers and cross-attends to question states.
-            self.text_decoder = BertLM(BertModel(text, hidden, num_layers=config.vqa_decoder_layers, fusion_layer=0))
+            self.answer_decoder = BertLM(BertModel(text, hidden, num_layers=config.vqa_decoder_layers, fusion_layer=0))
         if "caption" in heads:
-            self.text_decoder = BertLM(BertModel(text, vision.width))
+            self.caption_decoder = BertLM(BertModel(text, vision.width))
 
     def _share_nlvr_cross_kv(self) -> None:
         layers = self.text_encoder.encoder.layer

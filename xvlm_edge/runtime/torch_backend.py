@@ -53,8 +53,10 @@ class TorchRuntime(Runtime):
         self.precision = precision
         self.dtype = _DTYPES[precision]
         self.model = model.eval().to(device=self.device, dtype=self.dtype)
-        if self.device.type == "cpu" and hasattr(self.model, "text_decoder"):
-            _stream_skinny_linears(self.model.text_decoder)
+        if self.device.type == "cpu":
+            for name in ("caption_decoder", "answer_decoder"):
+                if hasattr(self.model, name):
+                    _stream_skinny_linears(getattr(self.model, name))
         self.graphs = build_graphs(self.model)
         self.info = {"backend": self.name, "device": str(self.device), "precision": precision}
 
