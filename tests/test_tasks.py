@@ -218,7 +218,7 @@ def test_load_without_path_and_backends(tmp_path) -> None:
     with pytest.raises(BackendUnavailableError, match="unknown backend"):
         create_runtime(model, backend="jax")
     with pytest.raises(BackendUnavailableError, match="not part of this build"):
-        create_runtime(model, backend="onnxruntime")
+        create_runtime(model, backend="tensorrt")
     with pytest.raises(BackendUnavailableError, match="unknown precision"):
         create_runtime(model, precision="int3")
     if not torch.cuda.is_available():

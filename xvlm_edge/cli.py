@@ -246,6 +246,43 @@ def cmd_nlvr(args: argparse.Namespace) -> None:
     _emit(args, _document(model, [result]), f"{'true' if verdict.verdict else 'false'} ({verdict.score:.3f})")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from xvlm_edge.export import export_model
+    from xvlm_edge.export.gate import Thresholds
+
+    thresholds = Thresholds() if args.min_caption_agreement is None else Thresholds(caption_agreement=args.min_caption_agreement)
+    manifest = export_model(
+        args.model_dir, args.precision, args.target, calibration=args.calibration, eval_images=args.eval_images,
+        thresholds=thresholds, force=args.force, exclude=args.exclude, keep_fp32=args.keep_fp32 or (), threads=args.threads,
+    )  # fmt: skip
+    graphs = manifest["graphs"]
+    lines = [f"exported {len(graphs)} graphs ({args.target}, {args.precision}) -> {manifest['directory']}"]
+    for name, entry in graphs.items():
+        parity = manifest["parity_fp32_vs_torch"][name]["max_abs"]
+        lines.append(f"  {name:18s} {entry['bytes'] / 2**20:8.2f} MiB  fp32 max|ort - torch| {parity:.1e}  {entry['quantization']}")
+    accuracy = manifest["accuracy"]
+    if "metrics" in accuracy:
+        verdict = "passed" if accuracy["passed"] else "FAILED (forced)"
+        lines.append(f"  accuracy gate {verdict}: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy["metrics"].items()))
+    summary = {k: manifest[k] for k in ("directory", "target", "precision", "opset", "graphs", "parity_fp32_vs_torch", "accuracy")}
+    _emit(args, summary, "\n".join(lines))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    """`benchmarks/bench_backends.py` of the source checkout (benchmarks are not shipped in the wheel)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_backends.py"
+    if not script.is_file():
+        raise InputError(f"the backend benchmark script is not at {script}", hint="run xvlm-edge bench from a source checkout")
+    spec = importlib.util.spec_from_file_location("bench_backends", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    report = module.run(module.BenchConfig.from_args(args))
+    _emit(args, report, module.format_table(report))
+
+
 def _checkerboard(np, size: int):
     """A deterministic test image, so the smoke run needs no file."""
     yy, xx = np.mgrid[0:size, 0:size]
@@ -319,10 +356,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     for command in tasks:
         command.add_argument("--model", help="checkpoint: an xvlm_edge directory or an official .th")
-        command.add_argument("--backend", default="auto", help="auto (default) or torch")
-        command.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="fp16/bf16 need CUDA")
+        command.add_argument("--backend", default="auto", help="auto (default: torch), torch, or onnxruntime (needs xvlm-edge export)")
+        command.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16", "int8"), help="fp16/bf16 need CUDA; int8 needs onnxruntime")
         command.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    for command in (convert, smoke, *tasks):
+
+    export = sub.add_parser("export", help="export a checkpoint directory to ONNX (fp32, or INT8 behind an accuracy gate)",
+                            epilog="example: xvlm-edge export model_dir --precision int8 --target onnxruntime")  # fmt: skip
+    export.add_argument("model_dir", type=Path, help="an xvlm_edge checkpoint directory (xvlm-edge convert makes one)")
+    export.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="fp16: build TensorRT fp16 engines from the fp32 export")
+    export.add_argument("--target", default="onnxruntime", choices=("onnxruntime", "tensorrt"), help="runtime the ONNX is for")
+    export.add_argument("--calibration", type=Path, help="folder of images calibrating INT8 (default: generated images)")
+    export.add_argument("--eval-images", type=Path, help="folder of images the accuracy gate compares on (default: generated)")
+    export.add_argument("--exclude", nargs="+", help="ONNX node-name substrings kept in float (default: patch_embed)")
+    export.add_argument("--keep-fp32", nargs="+", help="graphs an int8 export leaves in fp32 (e.g. multimodal answer_step answer_score)")
+    export.add_argument("--min-caption-agreement", type=float, help="gate threshold: share of identical captions (default 0.95)")
+    export.add_argument("--force", action="store_true", help="write the INT8 export even if the accuracy gate fails")
+    export.add_argument("--threads", type=int, help="ONNX Runtime threads while gating")
+    export.set_defaults(run=cmd_export)
+
+    bench = sub.add_parser("bench", help="time each task on each available backend and precision (benchmarks/bench_backends.py)",
+                           epilog="example: xvlm-edge bench --preset tiny --out bench_tiny")  # fmt: skip
+    bench.add_argument("--model", type=Path, help="a checkpoint directory (default: --preset with random weights)")
+    bench.add_argument("--preset", default="tiny", help="preset built with random weights when --model is not given")
+    bench.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes (default: 1 4)")
+    bench.add_argument("--repeats", type=int, default=5, help="timed runs per configuration (after one warm-up)")
+    bench.add_argument("--threads", type=int, help="CPU threads for every backend (default: all cores)")
+    bench.add_argument("--tasks", nargs="+", default=["caption", "ground", "match", "vision"], help="tasks to time")
+    bench.add_argument("--out", type=Path, default=Path("bench_backends"), help="output prefix: OUT.json and OUT.png")
+    bench.set_defaults(run=cmd_bench)
+    for command in (convert, smoke, *tasks, export, bench):
         command.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     return parser
 

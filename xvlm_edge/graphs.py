@@ -181,7 +181,8 @@ class NlvrGraph(nn.Module):
         left_index: torch.Tensor,
         right_index: torch.Tensor,
     ) -> tuple[torch.Tensor]:
-        ones = torch.ones(len(left_index), image_embeds.shape[1], dtype=torch.long, device=image_embeds.device)
+        # shape[0], not len(): the ONNX tracer keeps a size symbolic, but len() becomes a constant (K baked in)
+        ones = torch.ones(left_index.shape[0], image_embeds.shape[1], dtype=torch.long, device=image_embeds.device)
         left = self.model.image_context(image_embeds, ones, left_index)
         right = self.model.image_context(image_embeds, ones, right_index)
         return (self.model.nlvr_logits(text_ids, text_atts, left, right),)
@@ -217,7 +218,9 @@ class DecoderStepGraph(nn.Module):
     """
 
     INPUTS = ("text_ids", "self_atts", "cache_k", "cache_v", "cross_k", "cross_v", "cross_index", "cross_atts")
-    OUTPUTS = ("logits", "cache_k", "cache_v")
+    #: The extended cache is `new_cache_*`: ONNX graphs and TensorRT engines bind by name, and an output may
+    #: not share its name with an input.
+    OUTPUTS = ("logits", "new_cache_k", "new_cache_v")
 
     def __init__(self, decoder: BertLM, pooled: bool, last_only: bool = True) -> None:
         super().__init__()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,10 +29,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch",)
-#: Backends of the design (DESIGN.md section 1) that this build does not ship yet.
-PLANNED_BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16")
+BACKENDS = ("torch", "onnxruntime")
+#: Backends of the design (DESIGN.md section 1) that `create_runtime` does not build yet
+#: (`runtime.tensorrt.TensorRTRuntime` is constructed from an engine directory directly).
+PLANNED_BACKENDS = ("tensorrt",)
+#: fp16/bf16: torch on CUDA; int8: ONNX Runtime from an INT8 export.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 class Runtime(ABC):
@@ -129,9 +132,20 @@ def full_image_atts(rows: int, tokens: int) -> torch.Tensor:
 
 
 def create_runtime(
-    model: XVLM, backend: str = "auto", precision: str = "fp32", device: str | torch.device | None = None
+    model: XVLM,
+    backend: str = "auto",
+    precision: str = "fp32",
+    device: str | torch.device | None = None,
+    *,
+    model_dir: str | Path | None = None,
+    threads: int | None = None,
 ) -> Runtime:
-    """The runtime asked for, or BackendUnavailableError naming what is missing (never a silent fallback)."""
+    """The runtime asked for, or BackendUnavailableError naming what is missing (never a silent fallback).
+
+    `backend="onnxruntime"` runs the export in `model_dir/export/onnxruntime-<precision>/` (made by
+    `xvlm-edge export`) with `threads` intra-op threads; `model` is then only used by the caller.
+    `backend="auto"` is torch: an export is a deliberate step, and it is never picked up behind your back.
+    """
     if precision not in PRECISIONS:
         raise BackendUnavailableError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
     if backend in PLANNED_BACKENDS:
@@ -140,13 +154,44 @@ def create_runtime(
         )
     if backend not in ("auto", *BACKENDS):
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose one of {['auto', *BACKENDS]}")
+    if backend == "onnxruntime":
+        return _onnxruntime(precision, device, model_dir, threads)
+    if precision == "int8":
+        raise BackendUnavailableError(
+            "precision int8 runs on the onnxruntime backend only", hint="export with --precision int8, then use backend='onnxruntime'"
+        )
+    if threads is not None:
+        torch.set_num_threads(threads)
     from xvlm_edge.runtime.torch_backend import TorchRuntime
 
     runtime = TorchRuntime(model, precision=precision, device=device)
     runtime.info["requested"] = backend
     if backend == "auto":
-        runtime.info["reason"] = "auto: torch is the only backend in this build"
+        runtime.info["reason"] = "auto: torch (exported backends are chosen explicitly)"
         log.info("backend auto -> torch on %s (%s)", runtime.device, precision)
+    return runtime
+
+
+def _onnxruntime(precision: str, device: str | torch.device | None, model_dir: str | Path | None, threads: int | None) -> Runtime:
+    from xvlm_edge.runtime.onnxruntime_backend import PRECISIONS as ORT_PRECISIONS
+    from xvlm_edge.runtime.onnxruntime_backend import (
+        OnnxRuntime,
+        export_dir,
+        require_onnxruntime,
+    )
+
+    require_onnxruntime()
+    if device is not None and torch.device(device).type != "cpu":
+        raise BackendUnavailableError(f"the onnxruntime backend runs on the CPU here, not {device!r}", hint="use device='cpu'")
+    if precision not in ORT_PRECISIONS:
+        raise BackendUnavailableError(f"the onnxruntime backend runs {list(ORT_PRECISIONS)}, not {precision!r}")
+    if model_dir is None or not Path(model_dir).is_dir():
+        raise BackendUnavailableError(
+            "backend 'onnxruntime' runs an exported checkpoint directory; none was given",
+            hint="convert to a directory (xvlm-edge convert), then: xvlm-edge export DIR --precision " + precision,
+        )
+    runtime = OnnxRuntime(export_dir(model_dir, "onnxruntime", precision), threads=threads)
+    runtime.info["requested"] = "onnxruntime"
     return runtime
 
 
