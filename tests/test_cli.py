@@ -107,7 +107,6 @@ def test_answer_and_nlvr(env: dict) -> None:
         ("empty_text", "empty"),
         ("wrong_checkpoint", "needs the caption head"),
         ("no_checkpoint", "no checkpoint at"),
-        ("no_model", "no embedded default model"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(env: dict, case: str, message: str) -> None:
@@ -118,7 +117,6 @@ def test_user_mistakes_exit_2_with_one_line(env: dict, case: str, message: str) 
         "empty_text": ("ground", image, " ?! ", "--model", model),
         "wrong_checkpoint": ("caption", image, "--model", model),
         "no_checkpoint": ("match", image, "a cat", "--model", str(env["root"] / "nowhere")),
-        "no_model": ("match", image, "a cat"),
     }[case]
     result = run(*args)
     assert result.returncode == 2, result.stderr

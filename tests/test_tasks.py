@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-import xvlm_edge
 from xvlm_edge.api import Model
 from xvlm_edge.checkpoint import Checkpoint
 from xvlm_edge.config import LAYOUT_HEADS, get_preset
@@ -211,9 +210,7 @@ def test_bad_inputs(pretrain: Model) -> None:
         pretrain.ground(np.zeros((4, 4), dtype=np.float64) + 2.0, "a")
 
 
-def test_load_without_path_and_backends(tmp_path) -> None:
-    with pytest.raises(CheckpointError, match="no embedded default model"):
-        xvlm_edge.load()
+def test_unknown_or_missing_backends_refused() -> None:
     model = XVLM(get_preset("tiny", LAYOUT_HEADS["bbox"])).eval()
     with pytest.raises(BackendUnavailableError, match="unknown backend"):
         create_runtime(model, backend="jax")

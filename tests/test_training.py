@@ -191,3 +191,45 @@ def test_kill_at_a_random_moment_resumes_bit_identically(synth: Path, tmp_path: 
     resumed = _train(synth, out, "--steps=6", "--ckpt_every=2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _losses(out) == reference_run
+
+
+# -- multi-task: captioning, VQA and check on the image-text batches ------------------------------------------
+
+SCENE_TASKS = ["--model.heads=itc,itm,mlm,bbox,caption,vqa", "--data.vqa=vqa.jsonl", "--data.check=check.jsonl",
+               "--loss.caption=1", "--loss.vqa=1", "--loss.check=1"]  # fmt: skip
+
+
+def test_multi_task_run_kills_and_resumes_bit_identically_and_calibrates_check(synth: Path, tmp_path: Path) -> None:
+    """Every batch kind (region, image-text + caption/VQA/check) trains; kill/resume is exact; the threshold lands."""
+    calibrate = [f"--data.calibration_dir={synth}", "--data.calibration_scenes=12"]
+    reference = tmp_path / "reference"
+    result = _train(synth, reference, "--steps=4", "--ckpt_every=2", *SCENE_TASKS, *calibrate)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = _losses(reference)
+    assert all({"image_caption", "image_vqa", "image_check", "image_itc"} <= set(r) for r in records)
+    assert any("region_bbox" in r for r in records)
+    config = json.loads((reference / "model" / "config.json").read_text())
+    assert set(config["heads"]) == {"itc", "itm", "mlm", "bbox", "caption", "vqa"}
+    assert 0.0 < config["check_threshold"] < 1.0 and "check_threshold" in result.stderr
+
+    out = tmp_path / "killed"
+    killed = _train(synth, out, "--steps=4", "--ckpt_every=2", *SCENE_TASKS, *calibrate, fault="state:4")
+    assert killed.returncode == -signal.SIGKILL and T.load_state(out)["step"] == 2
+    resumed = _train(synth, out, "--steps=4", "--ckpt_every=2", *SCENE_TASKS, *calibrate)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _losses(out) == records
+    assert json.loads((out / "model" / "config.json").read_text()) == config
+
+
+def test_calibrated_threshold_is_the_best_cut(reference_out: Path, synth: Path) -> None:
+    from training import evaluate
+    from xvlm_edge.checkpoint import load_directory
+
+    checkpoint = load_directory(reference_out / "model")
+    model, config = checkpoint.model.eval(), checkpoint.config
+    probs, labels = evaluate.check_probabilities(model, checkpoint.tokenizer, synth, config, num_scenes=12)
+    threshold, accuracy = evaluate.calibrate_check_threshold(model, checkpoint.tokenizer, synth, config, num_scenes=12)
+    probs = probs.double()
+    assert len(probs) == 48 and accuracy == pytest.approx(float(((probs > threshold) == labels).double().mean()))
+    for cut in [0.0, 0.5, 1.0, *probs.tolist()]:  # no other cut does better
+        assert float(((probs > cut) == labels).double().mean()) <= accuracy + 1e-12

@@ -459,3 +459,58 @@ def test_malformed_records_are_counted_and_skipped(
     for missing in (synth_dir / "empty.jsonl", synth_dir / "absent.jsonl"):
         with pytest.raises(InputError):
             RegionTextDataset(missing, tokenizer)
+
+
+# -- multi-task scene batches ---------------------------------------------------------------------------------
+
+
+def test_scene_task_reader_joins_caption_vqa_and_check_of_the_same_image(synth_dir: Path, tokenizer: Tokenizer) -> None:
+    from training.data import SCENE_FIELDS, SceneTaskDataset, collate
+
+    text = TextConfig(max_tokens=30, max_words=30)
+    ds = SceneTaskDataset(synth_dir / "captions.jsonl", tokenizer, vqa=synth_dir / "vqa.jsonl",
+                          check=synth_dir / "check.jsonl", image_res=64, patch_size=16, text=text, augment=False)  # fmt: skip
+    captions = _lines(synth_dir / "captions.jsonl")
+    qa = [(r["image"], r["question"], r["answer"][0]) for r in _lines(synth_dir / "vqa.jsonl")]
+    checks = [(r["image"], r["statement"], r["label"]) for r in _lines(synth_dir / "check.jsonl")]
+    prompt = tokenizer.caption_prompt_ids("a picture of ").tolist()
+    for i in range(len(ds)):
+        scene = ds[i].scene
+        assert set(scene) == set(SCENE_FIELDS)
+        image = captions[i]["image"]
+        ids = scene["caption_ids"][0][scene["caption_atts"][0].bool()].tolist()
+        assert ids[: len(prompt)] == prompt and ids[-1] == tokenizer.sep_id  # [CLS] a picture of .. [SEP]
+        assert tokenizer.decode(ids[len(prompt) :]) in [pre_caption(c, 30) for c in captions[i]["caption"]]
+        question = tokenizer.decode(scene["question_ids"][0])
+        answer = tokenizer.decode(scene["answer_ids"][0])
+        assert any(img == image and pre_question(q) == question and a == answer for img, q, a in qa)
+        assert scene["answer_ids"][0, 0] == tokenizer.cls_id and tokenizer.sep_id in scene["answer_ids"][0].tolist()
+        statement, label = tokenizer.decode(scene["statement_ids"][0]), bool(scene["check_label"][0])
+        assert (image, statement, label) in [(img, pre_caption(st), lab) for img, st, lab in checks]
+    # Both labels are drawn, and a second epoch draws again (deterministically per (seed, epoch, index)).
+    labels = {bool(ds[i].scene["check_label"][0]) for i in range(len(ds))}
+    assert labels == {True, False}
+    again = SceneTaskDataset(synth_dir / "captions.jsonl", tokenizer, vqa=synth_dir / "vqa.jsonl",
+                             check=synth_dir / "check.jsonl", image_res=64, patch_size=16, text=text, augment=False)  # fmt: skip
+    assert all(torch.equal(ds[i].scene["question_ids"], again[i].scene["question_ids"]) for i in range(len(ds)))
+    batch = collate([ds[i] for i in range(4)])
+    assert batch["images"].shape == (4, 3, 64, 64) and batch["text_ids"].shape[0] == 4
+    assert batch["caption_ids"].shape == (4, 30) and batch["answer_ids"].shape == (4, 8)
+    assert batch["check_label"].shape == (4,)
+
+
+def test_scene_task_reader_skips_images_without_questions(tmp_path: Path, synth_dir: Path, tokenizer: Tokenizer) -> None:
+    from training.data import SceneTaskDataset
+
+    first = _lines(synth_dir / "captions.jsonl")[0]["image"]
+
+    def write(name: str, drop_first: bool) -> Path:
+        rows = [{**r, "image": str(synth_dir / r["image"])} for r in _lines(synth_dir / name) if not (drop_first and r["image"] == first)]
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return tmp_path / name
+
+    captions, vqa, check = write("captions.jsonl", False), write("vqa.jsonl", True), write("check.jsonl", False)
+    ds = SceneTaskDataset(captions, tokenizer, vqa=vqa, check=check, image_res=64, patch_size=16, augment=False)
+    sample = ds[0]  # record 0 has no question: replaced by record 1, and counted
+    assert ds.skipped == {"missing_caption": 1}
+    assert torch.equal(sample.image, ds[1].image)

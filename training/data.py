@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ from training.masking import TextMasker, encode_masked
 from xvlm_edge.concepts import box_to_patch_mask
 from xvlm_edge.errors import InputError, TextError
 from xvlm_edge.preprocess import CLIP_MEAN, CLIP_STD
-from xvlm_edge.text import pre_caption
+from xvlm_edge.text import pre_caption, pre_question
 from xvlm_edge.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class Sample:
     target_bbox: torch.Tensor  # (T, 4) normalised cxcywh
     is_image: torch.Tensor  # (T,)
     key: int
+    scene: dict[str, torch.Tensor] = field(default_factory=dict)  # per-image task fields (`SCENE_FIELDS`), (1, ...)
 
 
 # ---------------------------------------------------------------------------------------------- pixels
@@ -621,6 +623,100 @@ class RegionTextDataset(_JsonlDataset):
         )
 
 
+#: Per-image task fields of a `SceneTaskDataset` batch: row b belongs to image b (not to a text row).
+SCENE_FIELDS = (
+    "caption_ids", "caption_atts",  # [CLS] prompt caption [SEP] [PAD]..: the captioning decoder's teacher forcing
+    "question_ids", "question_atts", "answer_ids", "answer_atts",  # one VQA question and its answer
+    "statement_ids", "statement_atts", "check_label",  # one `check` statement, labelled true (1) or false (0)
+)  # fmt: skip
+
+
+def _pad_row(ids: list[int], width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, width) ids and attention mask of one token row, cut or padded to `width`."""
+    ids = ids[:width]
+    out = torch.full((1, width), pad_id, dtype=torch.int64)
+    out[0, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
+    atts = torch.zeros((1, width), dtype=torch.int64)
+    atts[0, : len(ids)] = 1
+    return out, atts
+
+
+class SceneTaskDataset(ImageTextDataset):
+    """Image-caption records plus, per image, the fine-tuning tasks of the same scene (multi-task pretraining).
+
+    Each visit is an `ImageTextDataset` sample (ITC/ITM/MLM) whose `scene` fields also carry a caption for the
+    captioning decoder (`prompt` + caption + [SEP], official `model_captioning.py` layout), one VQA question
+    with its answer (`vqa.jsonl`, official `[CLS] answer [SEP]`), and one labelled `check` statement
+    (`check.jsonl`), all drawn from the sample's generator. One image encoding then serves every loss.
+    VQA and check records are joined to the caption record by their `image` (or `binary`) field; an image
+    with no question or no statement is a malformed record (`missing_caption`) and skipped.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        tokenizer: Tokenizer,
+        *,
+        vqa: str | Path,
+        check: str | Path,
+        prompt: str = "a picture of ",
+        answer_tokens: int = 8,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(path, tokenizer, **kwargs)
+        self.questions = self._index(Path(vqa), lambda r: (r["question"], _as_texts(r["answer"])[0]))
+        self.statements = self._index(Path(check), lambda r: (r["statement"], bool(r["label"])))
+        self.prompt_ids = tokenizer.caption_prompt_ids(prompt).tolist()
+        self.answer_tokens = answer_tokens
+
+    @staticmethod
+    def _index(path: Path, read: Callable[[dict], tuple]) -> dict[str, list[tuple]]:
+        """Records of a task file grouped by image key; small (text only), so held in memory."""
+        out: dict[str, list[tuple]] = {}
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            msg = f"cannot read {path}: {e}"
+            raise InputError(msg, hint="generate the data with python -m training.synthetic") from e
+        for line in lines:
+            if line.strip():
+                record = json.loads(line)
+                out.setdefault(record.get("image") or record.get("binary"), []).append(read(record))
+        return out
+
+    def _load(self, record: dict, index: int, rng: np.random.Generator) -> Sample:
+        sample = super()._load(record, index, rng)
+        key = record.get("image") or record.get("binary")
+        questions, statements = self.questions.get(key), self.statements.get(key)
+        if not questions or not statements:
+            msg = "the image has no VQA question or no check statement"
+            raise MalformedRecordError(msg, "missing_caption")
+        tok, width = self.tokenizer, self.text.max_tokens
+        caption = self._clean(record.get("caption"))
+        caption = caption[int(rng.integers(len(caption)))]
+        pieces = tok.encode([caption]).input_ids[0, 1:].tolist()[: width - len(self.prompt_ids) - 1]
+        caption_ids, caption_atts = _pad_row([*self.prompt_ids, *pieces, tok.sep_id], width, tok.pad_id)
+        question, answer = questions[int(rng.integers(len(questions)))]
+        question_ids, question_atts = _pad_row(
+            tok.encode([pre_question(question, self.text.max_words)]).input_ids[0].tolist(), width, tok.pad_id
+        )
+        answer_ids, answer_atts = _pad_row(
+            tok.encode_answers([answer]).input_ids[0].tolist(), self.answer_tokens, tok.pad_id
+        )
+        statement, label = statements[int(rng.integers(len(statements)))]
+        statement_ids, statement_atts = _pad_row(
+            tok.encode([pre_caption(statement, self.text.max_words)]).input_ids[0].tolist(), width, tok.pad_id
+        )
+        scene = {
+            "caption_ids": caption_ids, "caption_atts": caption_atts,
+            "question_ids": question_ids, "question_atts": question_atts,
+            "answer_ids": answer_ids, "answer_atts": answer_atts,
+            "statement_ids": statement_ids, "statement_atts": statement_atts,
+            "check_label": torch.tensor([int(label)], dtype=torch.int64),
+        }  # fmt: skip
+        return dataclasses.replace(sample, scene=scene)
+
+
 # ---------------------------------------------------------------------------------------------- collate
 
 _TEXT_FIELDS = (
@@ -640,12 +736,14 @@ def collate(samples: Sequence[Sample], num_texts: int | None = None) -> dict[str
     counts = torch.tensor([len(s.is_image) for s in samples])
     batch = {"images": torch.stack([s.image for s in samples])}
     batch["idx_to_group_img"] = torch.repeat_interleave(torch.arange(len(samples)), counts)
-    for field in _TEXT_FIELDS:
-        batch[field] = torch.cat([getattr(s, field) for s in samples])
+    for name in _TEXT_FIELDS:
+        batch[name] = torch.cat([getattr(s, name) for s in samples])
+    for name in samples[0].scene:
+        batch[name] = torch.cat([s.scene[name] for s in samples])  # (B, ...): one row per image
     if num_texts is not None:
         keep = _fixed_count(int(counts.sum()), num_texts, np.random.default_rng([s.key for s in samples]))
-        for field in ("idx_to_group_img", *_TEXT_FIELDS):
-            batch[field] = batch[field][keep]
+        for name in ("idx_to_group_img", *_TEXT_FIELDS):
+            batch[name] = batch[name][keep]
     return batch
 
 

@@ -28,6 +28,7 @@ import torch
 
 from training import data as D
 from xvlm_edge.checkpoint import load_directory
+from xvlm_edge.config import ModelConfig
 from xvlm_edge.models.xvlm import XVLM
 from xvlm_edge.text import pre_caption
 from xvlm_edge.tokenizer import Tokenizer
@@ -137,6 +138,37 @@ def check_accuracy(model: XVLM, tokenizer: Tokenizer, images: torch.Tensor, reco
     return {"accuracy": float(((probs > threshold) == labels).float().mean()), "threshold": threshold, "statements": len(records)}
 
 
+@torch.no_grad()
+def check_probabilities(model: XVLM, tokenizer: Tokenizer, root: Path, config: ModelConfig,
+                        num_scenes: int = 0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(ITM match probability, label) of every `check.jsonl` statement about the first `num_scenes` scenes."""
+    names = [r["image"] for r in read_jsonl(root / "captions.jsonl")]
+    names = names[:num_scenes] if num_scenes else names
+    image_of = {name: i for i, name in enumerate(names)}
+    records = [r for r in read_jsonl(root / "check.jsonl") if r["image"] in image_of]
+    images = encode_images(model, load_pixels(root, names, config.vision.image_res))
+    ids, atts = encode_texts(tokenizer, [r["statement"] for r in records], config.max_tokens)
+    index = torch.tensor([image_of[r["image"]] for r in records])
+    probs = itm_scores(model, images, index, model.encode_text(ids, atts), atts).softmax(-1)[:, 1]
+    return probs, torch.tensor([bool(r["label"]) for r in records])
+
+
+def calibrate_check_threshold(model: XVLM, tokenizer: Tokenizer, root: Path, config: ModelConfig,
+                              num_scenes: int = 0) -> tuple[float, float]:  # fmt: skip
+    """(threshold, accuracy): the `probs > threshold` cut with the best accuracy on held-out statements.
+
+    Candidates are the midpoints between consecutive sorted probabilities (and 0.5), so the chosen cut never
+    sits on a calibration sample; ties go to the candidate closest to 0.5.
+    """
+    probs, labels = check_probabilities(model, tokenizer, Path(root), config, num_scenes)
+    ordered = probs.double().sort().values
+    candidates = torch.cat([ordered.new_tensor([0.5]), (ordered[1:] + ordered[:-1]) / 2])
+    accuracy = ((probs.double()[None] > candidates[:, None]) == labels[None]).double().mean(1)
+    best = accuracy.max()
+    pick = torch.where(accuracy == best, (candidates - 0.5).abs(), torch.inf).argmin()
+    return float(candidates[pick]), float(best)
+
+
 def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
     """BLEU-4 and CIDEr-D of pycocoevalcap on `pre_caption`-normalised, whitespace-tokenised text."""
     from pycocoevalcap.bleu.bleu import Bleu
@@ -150,7 +182,9 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
     return {"bleu4": float(bleu[3]), "cider_d": float(cider)}
 
 
-def evaluate(model_dir: str | Path, data_dir: str | Path, *, num_scenes: int = 0, k_test: int = 16) -> dict:
+def evaluate(
+    model_dir: str | Path, data_dir: str | Path, *, num_scenes: int = 0, k_test: int = 16, vqa_questions: int = 0
+) -> dict:
     checkpoint = load_directory(model_dir)
     model, tokenizer, config = checkpoint.model.eval(), checkpoint.tokenizer, checkpoint.config
     root = Path(data_dir)
@@ -187,6 +221,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, *, num_scenes: int = 0
             result["caption"] = caption_metrics(predicted, [r["caption"] for r in captions])
         if "vqa" in heads:
             qa = [r for r in read_jsonl(root / "vqa.jsonl") if r["image"] in image_of]
+            qa = qa[:vqa_questions] if vqa_questions else qa
             answers = api.answer([str(root / r["image"]) for r in qa], [r["question"] for r in qa])
             hits = [a.text.strip() in {x.strip().lower() for x in r["answer"]} for a, r in zip(answers, qa)]
             result["vqa"] = {"exact_match": float(np.mean(hits)), "questions": len(qa)}
@@ -200,11 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the metrics here as JSON")
     parser.add_argument("--num-scenes", type=int, default=0, help="evaluate the first N scenes only (0: all)")
     parser.add_argument("--k-test", type=int, default=16, help="ITM re-ranking depth for retrieval")
+    parser.add_argument("--vqa-questions", type=int, default=0, help="VQA on the first N questions only (0: all)")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = evaluate(args.model, args.data, num_scenes=args.num_scenes, k_test=args.k_test)
+    result = evaluate(args.model, args.data, num_scenes=args.num_scenes, k_test=args.k_test, vqa_questions=args.vqa_questions)
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.write_text(text + "\n")

@@ -268,20 +268,23 @@ def pretrain_losses(
     image_atts: torch.Tensor | None = None,
     target_bbox: torch.Tensor | None = None,
     is_image: torch.Tensor | None = None,
+    image_embeds: torch.Tensor | None = None,
 ) -> PretrainLosses:
     """Official `model_pretrain.XVLM.forward`: ITC, ITM, MLM and, for region batches, bbox + GIoU.
 
     Image-text batch (no `idx_to_group_img`): text k describes image k. Region batch: text k describes
     box `image_atts[k]` of image `idx_to_group_img[k]` (whole-image captions have all-ones masks and
     `is_image` 1); ITC/ITM/MLM see the box concept, the bbox head sees the full image. The computation
-    order (and so the RNG order of the hard-negative draw) is the official one.
+    order (and so the RNG order of the hard-negative draw) is the official one. `image_embeds` (B, 1+N, C):
+    the already encoded images of an image-text batch (multi-task steps share one encoding with
+    `scene_task_losses`).
     """
     regions = idx_to_group_img is not None
     if regions:
         image_embeds, full = model.encode_boxes(images, idx_to_group_img, image_atts)
         context = model.box_context(image_embeds, full, idx_to_group_img, image_atts)
     else:
-        image_embeds = model.encode_image(images)
+        image_embeds = model.encode_image(images) if image_embeds is None else image_embeds
         context = model.image_context(image_embeds)
     text_embeds = model.encode_text(text_ids, text_atts)
     image_feat, text_feat = model.image_features(image_embeds), model.text_features(text_embeds)
@@ -307,3 +310,50 @@ def pretrain_losses(
     pred = model.predict_bbox(model.fuse(text_embeds, text_atts, full_context))
     bbox, giou = bbox_losses(pred, target_bbox, is_image)
     return PretrainLosses(itc, itm, mlm, bbox, giou)
+
+
+@dataclass
+class SceneTaskLosses:
+    """The fine-tuning tasks trained beside pretraining on the same images (see `scene_task_losses`)."""
+
+    caption: torch.Tensor
+    vqa: torch.Tensor
+    check: torch.Tensor
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return dict(vars(self))
+
+
+def scene_task_losses(
+    model: XVLM,
+    image_embeds: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    *,
+    pad_id: int,
+    prompt_length: int,
+    label_smoothing: float,
+) -> SceneTaskLosses:
+    """Captioning LM, VQA answer generation and `check` ITM on B images (B, 1+N, C), one task row per image.
+
+    - caption: the causal caption decoder over the image (`caption_loss`, prompt tokens not predicted);
+    - vqa: question states from all text layers over the image, the answer decoder over them (`answer_loss`,
+      one answer of weight 1 per question, divided by B as the official);
+    - check: the ITM head on (image, statement), true statements labelled match (1), false non-match (0).
+    """
+    context = model.image_context(image_embeds)
+    caption_ids, caption_atts = batch["caption_ids"], batch["caption_atts"]
+    hidden, _ = model.caption_decoder.bert(caption_ids, caption_atts, context=context, causal=True)
+    targets = caption_targets(caption_ids, pad_id, prompt_length)
+    caption = caption_loss(model.caption_decoder.logits(hidden), targets, label_smoothing)
+
+    question_atts = batch["question_atts"]
+    states = model.encode_multimodal(batch["question_ids"], question_atts, context)
+    answer_ids = batch["answer_ids"]
+    hidden, _ = model.answer_decoder.bert(answer_ids, batch["answer_atts"], context=CrossContext(states, question_atts), causal=True)
+    weights = torch.ones(len(answer_ids), dtype=hidden.dtype, device=hidden.device)
+    vqa = answer_loss(model.answer_decoder.logits(hidden), answer_ids, pad_id, weights, len(answer_ids))
+
+    statement_atts = batch["statement_atts"]
+    fused = model.fuse(model.encode_text(batch["statement_ids"], statement_atts), statement_atts, context)
+    check = F.cross_entropy(model.itm_logits(fused), batch["check_label"])
+    return SceneTaskLosses(caption, vqa, check)

@@ -85,6 +85,16 @@ class DataRecipe:
     crop_scale: tuple[float, float] = (0.5, 1.0)
     augment: bool = True
     num_workers: int = 0
+    # Multi-task pretraining (`SceneTaskDataset`): with both set, every image-text batch also trains captioning,
+    # VQA and `check` on its images; "" trains the pretraining losses only.
+    vqa: str = ""
+    check: str = ""
+    answer_tokens: int = 8  # [CLS] answer [SEP] padded to this many tokens
+    # `check_threshold` is calibrated at the end of the run on `calibration_scenes` scenes of `calibration_seed`
+    # (rendered into `calibration_dir` if it is empty); 0 scenes keeps the config's threshold.
+    calibration_dir: str = "data/synth-calib"
+    calibration_scenes: int = 0
+    calibration_seed: int = 2
 
 
 @dataclass
@@ -94,6 +104,10 @@ class LossRecipe:
     mlm: float = 1.0
     bbox: float = 1.0
     giou: float = 1.0
+    caption: float = 0.0  # the scene-task weights (need data.vqa and data.check)
+    vqa: float = 0.0
+    check: float = 0.0
+    caption_label_smoothing: float = 0.1  # official captioning yaml
     regions_iter_perc: float = 0.5  # official `regions.iter_perc`: chance of a region step before each step
 
 
@@ -308,7 +322,12 @@ def build_streams(recipe: TrainRecipe, tokenizer: Tokenizer, config: ModelConfig
     text = D.TextConfig(max_words=d.max_words, max_tokens=d.max_tokens, mask_prob=d.mask_prob, max_masks=d.max_masks,
                         skipgram_prb=d.skipgram_prb, skipgram_size=d.skipgram_size)  # fmt: skip
     common = dict(image_res=config.vision.image_res, patch_size=config.vision.box_patch_size, text=text, augment=d.augment)
-    captions = D.ImageTextDataset(root / d.captions, tokenizer, seed=recipe.seed, crop_scale=d.crop_scale, **common)
+    if d.vqa and d.check:
+        captions = D.SceneTaskDataset(root / d.captions, tokenizer, vqa=root / d.vqa, check=root / d.check,
+                                      prompt=config.tasks.caption_prompt, answer_tokens=d.answer_tokens,
+                                      seed=recipe.seed, crop_scale=d.crop_scale, **common)  # fmt: skip
+    else:
+        captions = D.ImageTextDataset(root / d.captions, tokenizer, seed=recipe.seed, crop_scale=d.crop_scale, **common)
     streams = {"image": Stream(captions, recipe.batch_size, rank, world, recipe.seed, None, d.num_workers)}
     if d.regions:
         parts = [
@@ -460,18 +479,31 @@ def gather_objects(obj: Any, ctx: Dist) -> list:
 
 
 class PretrainStep(nn.Module):
-    """What DDP wraps: forward = the weighted pretraining losses of one batch (its parts, detached, for logging)."""
+    """What DDP wraps: forward = the weighted pretraining losses of one batch (its parts, detached, for logging).
 
-    def __init__(self, model: XVLM, weights: LossRecipe) -> None:
+    An image-text batch that carries scene-task fields (`SceneTaskDataset`) also gets the captioning, VQA and
+    `check` losses, on the same image encoding.
+    """
+
+    def __init__(self, model: XVLM, weights: LossRecipe, pad_id: int = 0, prompt_length: int = 0) -> None:
         super().__init__()
         self.model, self.weights = model, weights
+        self.pad_id, self.prompt_length = pad_id, prompt_length
 
     def forward(self, batch: dict[str, torch.Tensor], regions: bool) -> tuple[torch.Tensor, dict[str, float]]:
         region_kw = {k: batch[k] for k in ("idx_to_group_img", "image_atts", "target_bbox", "is_image")} if regions else {}
+        scene = not regions and "caption_ids" in batch
+        if scene:
+            region_kw["image_embeds"] = self.model.encode_image(batch["images"])
         parts = losses.pretrain_losses(
             self.model, batch["images"], batch["text_ids"], batch["text_atts"], batch["text_ids_masked"],
             batch["masked_pos"], batch["masked_ids"], **region_kw,
         ).as_dict()  # fmt: skip
+        if scene:
+            parts.update(losses.scene_task_losses(
+                self.model, region_kw["image_embeds"], batch, pad_id=self.pad_id, prompt_length=self.prompt_length,
+                label_smoothing=self.weights.caption_label_smoothing,
+            ).as_dict())  # fmt: skip
         total = sum(getattr(self.weights, name) * value for name, value in parts.items())
         return total, {name: value.detach() for name, value in parts.items()}
 
@@ -486,9 +518,12 @@ def split(batch: dict[str, torch.Tensor], chunks: int) -> list[dict[str, torch.T
     size, out = images // chunks, []
     for c in range(chunks):
         rows = (batch["idx_to_group_img"] >= c * size) & (batch["idx_to_group_img"] < (c + 1) * size)
-        micro = {k: v[rows] for k, v in batch.items() if k != "images"}
+        per_image = ("images", *D.SCENE_FIELDS)  # one row per image, not per text
+        micro = {k: v[rows] for k, v in batch.items() if k not in per_image}
         micro["idx_to_group_img"] = micro["idx_to_group_img"] - c * size
-        micro["images"] = batch["images"][c * size : (c + 1) * size]
+        for k in per_image:
+            if k in batch:
+                micro[k] = batch[k][c * size : (c + 1) * size]
         out.append(micro)
     return out
 
@@ -586,7 +621,8 @@ def train(recipe: TrainRecipe) -> Path:
             _truncate_metrics(out / METRICS_FILE, start)
             print(f"resumed from {out / state['model_dir']} at step {start}", file=sys.stderr)
 
-    step_module: nn.Module = PretrainStep(model, recipe.loss)
+    prompt_length = len(tokenizer.caption_prompt_ids(config.tasks.caption_prompt))
+    step_module: nn.Module = PretrainStep(model, recipe.loss, tokenizer.pad_id, prompt_length)
     if ctx.world > 1:
         # A group of its own for DDP's gradient buckets, so they never interleave with the ITC feature gather.
         group = dist.new_group(backend="nccl" if ctx.device.type == "cuda" else "gloo")
@@ -649,6 +685,8 @@ def train(recipe: TrainRecipe) -> Path:
     if ctx.master:
         final = out / "model"
         if recipe.steps > start or not final.exists():
+            if recipe.data.calibration_scenes and "itm" in config.heads:
+                config = calibrate(recipe, model, tokenizer, config)
             save(Checkpoint(model, tokenizer, config), final)
         metrics.close()
         if bar is not None:
@@ -658,6 +696,23 @@ def train(recipe: TrainRecipe) -> Path:
         dist.barrier()
         dist.destroy_process_group()
     return out / "model"
+
+
+def calibrate(recipe: TrainRecipe, model: XVLM, tokenizer: Tokenizer, config: ModelConfig) -> ModelConfig:
+    """`config` with `check_threshold` set to the best ITM-probability threshold on held-out check statements."""
+    from training.evaluate import calibrate_check_threshold
+
+    d, root = recipe.data, Path(recipe.data.calibration_dir)
+    if not (root / "check.jsonl").is_file():
+        from training.synthetic import generate
+
+        print(f"rendering {d.calibration_scenes} calibration scenes (seed {d.calibration_seed}) into {root}", file=sys.stderr)
+        generate(root, d.calibration_scenes, d.calibration_seed)
+    model.eval()
+    threshold, accuracy = calibrate_check_threshold(model, tokenizer, root, config, num_scenes=d.calibration_scenes)
+    model.train()
+    print(f"check_threshold {threshold:.4f} (accuracy {accuracy:.4f} on {root})", file=sys.stderr)
+    return dataclasses.replace(config, check_threshold=threshold)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

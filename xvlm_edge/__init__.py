@@ -20,17 +20,18 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+source"
 
 
-def load(path=None, backend="auto", precision="fp32", device=None):
+def load(path=None, backend="auto", precision="fp32", device=None, threads=None):
     """Load a model: our checkpoint directory or an official X-VLM `.th` file (any of the six layouts).
 
     Returns an `xvlm_edge.api.Model` with caption / ground / match / check / retrieve / answer / nlvr.
-    `backend` is "auto" or "torch"; `precision` "fp32", or "fp16"/"bf16" on CUDA; `device` None picks CUDA
-    when present. `model.info` reports what was chosen. With no path, the embedded default model would load;
-    none ships yet, so that raises CheckpointError.
+    `backend` is "auto", "torch" or "onnxruntime" (a directory exported by `xvlm-edge export`); `precision`
+    "fp32", "fp16"/"bf16" on CUDA, or "int8" on onnxruntime; `device` None picks CUDA when present;
+    `threads` sets the CPU threads. `model.info` reports what was chosen. With no path, the embedded
+    default model in `xvlm_edge/assets/default/` loads (no download).
     """
     from xvlm_edge.api import load as load_model
 
-    return load_model(path, backend=backend, precision=precision, device=device)
+    return load_model(path, backend=backend, precision=precision, device=device, threads=threads)
 
 
 __all__ = [

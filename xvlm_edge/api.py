@@ -246,16 +246,31 @@ def _texts(texts: str | Sequence[str]) -> tuple[list[str], bool]:
 
 
 def load(
-    path: str | Path | None = None, *, backend: str = "auto", precision: str = "fp32", device: str | None = None
+    path: str | Path | None = None,
+    *,
+    backend: str = "auto",
+    precision: str = "fp32",
+    device: str | None = None,
+    threads: int | None = None,
 ) -> Model:
     """Load a checkpoint (our directory or an official `.th`) onto a runtime; see `xvlm_edge.load`."""
-    if path is None:
-        raise CheckpointError(
-            "no embedded default model ships with this build yet",
-            hint="pass a checkpoint: xvlm_edge.load('model_dir' or 'official.th')",
-        )
+    if path is None:  # the embedded default model (training/recipes/tiny_synthetic.yaml), never downloaded
+        from importlib.resources import files
+
+        default = files("xvlm_edge") / "assets" / "default"
+        # A Traversable is a real directory for every installed layout we support (wheel, editable, source
+        # tree); a zipped package would need extracting, which we refuse rather than half-support.
+        if not isinstance(default, Path) or not (default / "model.safetensors").is_file():
+            raise CheckpointError(
+                f"no embedded default model in this install (looked in {default})",
+                hint="reinstall xvlm-edge, or pass a checkpoint: xvlm_edge.load('model_dir' or 'official.th')",
+            )
+        path = default
     from xvlm_edge.checkpoint import load as load_checkpoint
 
     checkpoint = load_checkpoint(path)
-    runtime = create_runtime(checkpoint.model, backend=backend, precision=precision, device=device)
+    model_dir = Path(path) if Path(path).is_dir() else None
+    runtime = create_runtime(
+        checkpoint.model, backend=backend, precision=precision, device=device, model_dir=model_dir, threads=threads
+    )
     return Model(checkpoint, runtime)

@@ -141,8 +141,18 @@ def _document(model, results) -> dict:
     return {"backend": model.info, "results": results}
 
 
+def _example_images() -> list[Path]:
+    """The example scenes shipped beside the embedded default model (xvlm_edge/assets/examples)."""
+    from importlib.resources import files
+
+    folder = Path(str(files("xvlm_edge") / "assets" / "examples"))
+    return sorted(folder.glob("*.png"))
+
+
 def cmd_caption(args: argparse.Namespace) -> None:
-    paths = _image_paths(args.images)
+    paths = _image_paths(args.images) + (_example_images() if args.examples else [])
+    if not paths:
+        raise InputError("no images given", hint="pass image files or folders, or --examples")
     model = _load_model(args)
     results = []
     for chunk in _chunks(paths):
@@ -316,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     caption = task("caption", "caption images (files or folders)", cmd_caption, "xvlm-edge caption photos/ --model captioning.th")
-    caption.add_argument("images", nargs="+", help="image files or folders of images")
+    caption.add_argument("images", nargs="*", help="image files or folders of images")
+    caption.add_argument("--examples", action="store_true", help="also caption the example images shipped with the package")
     caption.add_argument("--beams", type=int, help="beam width; 1 = greedy (default: the checkpoint's, 3 officially)")
 
     ground = task("ground", "locate phrases in an image (bbox head)", cmd_ground,
