@@ -71,6 +71,7 @@ import triton.language as tl
 from xvlm_edge.errors import BackendUnavailableError, InputError
 
 from ._autotune import attention_configs, interpreting
+from .box_pool import checked_boxes
 
 #: Decided when the kernels below were decorated: interpreted kernels run on CPU tensors.
 _INTERPRETED = interpreting()
@@ -548,15 +549,6 @@ def _validate(q, k, v, idx, mask, text_mask):
             f"box_cross_attention: idx_to_group_img must be a ({num_boxes},) integer tensor, got "
             f"{tuple(idx.shape)} {idx.dtype}"
         )
-    idx = idx.to(torch.int64).contiguous()
-    visible = mask != 0
-    count = visible.sum(-1, dtype=torch.float32)  # (K,) patches per box
-    bad = ((idx < 0) | (idx >= num_images)).any() | (count == 0).any()
-    if bad.item():  # the one device sync: both checks ride on it
-        if ((idx < 0) | (idx >= num_images)).any():
-            raise InputError(f"box_cross_attention: idx_to_group_img values must lie in [0, {num_images})")
-        raise InputError(
-            "box_cross_attention: every box must cover at least one patch (an empty box has no pooled token)"
-        )
+    idx, visible, count = checked_boxes("box_cross_attention", idx, mask, num_images)
     text_i8 = None if text_mask is None else (text_mask != 0).to(torch.int8)
     return idx, visible.to(torch.int8), count, text_i8

@@ -193,12 +193,21 @@ def box_pool(patches: torch.Tensor, idx_to_group_img: torch.Tensor, patch_mask: 
             f"box_pool: the Triton kernel needs CUDA tensors, got {patches.device}",
             hint="move the tensors to a GPU, or use the PyTorch reference (XVLM_EDGE_CONCEPTS=torch)",
         )
+    idx, visible, count = checked_boxes("box_pool", idx, mask, num_images)
+    return _BoxPool.apply(patches, idx, visible.to(torch.int8), count)
+
+
+def checked_boxes(op: str, idx: torch.Tensor, mask: torch.Tensor, num_images: int):
+    """(int64 idx, bool visible mask, fp32 patch count per box), refusing out-of-range images and empty boxes.
+
+    Both value checks share one device sync; an empty box has no mean, so no pooled token.
+    """
     idx = idx.to(torch.int64).contiguous()
     visible = mask != 0
     count = visible.sum(-1, dtype=torch.float32)  # (K,) patches per box
-    bad = ((idx < 0) | (idx >= num_images)).any() | (count == 0).any()
-    if bad.item():  # the one device sync: both checks ride on it
-        if ((idx < 0) | (idx >= num_images)).any():
-            raise InputError(f"box_pool: idx_to_group_img values must lie in [0, {num_images})")
-        raise InputError("box_pool: every box must cover at least one patch (its mean is undefined)")
-    return _BoxPool.apply(patches, idx, visible.to(torch.int8), count)
+    out_of_range = (idx < 0) | (idx >= num_images)
+    if (out_of_range.any() | (count == 0).any()).item():
+        if out_of_range.any():
+            raise InputError(f"{op}: idx_to_group_img values must lie in [0, {num_images})")
+        raise InputError(f"{op}: every box must cover at least one patch (an empty box has no mean)")
+    return idx, visible, count

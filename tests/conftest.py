@@ -30,6 +30,15 @@ def reference_dir() -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny models: on a busy 2-core box two contending threads cost 4x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def load_expected(name: str) -> dict[str, torch.Tensor]:
     """expected/<name>.pt of the reference set; plain tensors and containers only (weights_only=True)."""
     return torch.load(reference_root() / "expected" / f"{name}.pt", map_location="cpu", weights_only=True)

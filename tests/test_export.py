@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 from test_onnxruntime_backend import images, make_checkpoint
 
 from xvlm_edge.cli import main
@@ -41,12 +40,7 @@ FRESH_SIZES = (Sizes(images=5, rows=4, tokens=11, past=7, new=1), Sizes(images=1
 GATE = Thresholds(vision_cosine=0.995, ground_iou=0.8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -44,13 +44,7 @@ def images(count: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, 256, size=(60 + 7 * i, 80 + 5 * i, 3), dtype=np.uint8) for i in range(count)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these models are tiny, and the box may be busy (2 threads contending cost 4x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
