@@ -146,9 +146,18 @@ def test_evaluate_reports_every_metric(reference_out: Path, synth: Path) -> None
     retrieval, grounding, check = result["retrieval"], result["grounding"], result["check"]
     assert retrieval["gallery"] == 12 and 0 <= retrieval["img_r1"] <= retrieval["img_r5"] <= 1
     assert 0 <= retrieval["txt_r1"] <= retrieval["txt_r5"] <= 1
+    assert retrieval["img_r1"] <= retrieval["img_r1_same_text"] and 0 < retrieval["r1_ceiling"] <= 1
     assert grounding["phrases"] > 12 and 0 <= grounding["acc_iou50"] <= 1
     assert check["statements"] == 48 and 0 <= check["accuracy"] <= 1
     assert "skipped" in result["caption"] and "skipped" in result["vqa"]  # a pretraining checkpoint
+
+
+def test_same_text_r1_counts_a_top_item_that_shares_the_text() -> None:
+    from training.evaluate import same_text_r1
+
+    texts = ["three green stars", "a red circle", "three green stars"]
+    scores = torch.tensor([[0.1, 0.2, 0.9], [0.8, 0.5, 0.1], [0.0, 0.1, 0.7]])  # row 0 picks scene 2: same text
+    assert same_text_r1(scores, texts) == pytest.approx(2 / 3)  # row 1 picks scene 0: another text
 
 
 def test_caption_metrics_use_pycocoevalcap() -> None:
@@ -233,3 +242,22 @@ def test_calibrated_threshold_is_the_best_cut(reference_out: Path, synth: Path) 
     assert len(probs) == 48 and accuracy == pytest.approx(float(((probs > threshold) == labels).double().mean()))
     for cut in [0.0, 0.5, 1.0, *probs.tolist()]:  # no other cut does better
         assert float(((probs > cut) == labels).double().mean()) <= accuracy + 1e-12
+
+
+# -- export of the finished model -----------------------------------------------------------------------------
+
+
+def test_a_bad_export_option_fails_before_training(synth: Path, tmp_path: Path) -> None:
+    result = _train(synth, tmp_path / "bad", "--steps=2", "--export", "int4")
+    assert result.returncode != 0 and "--export must be int8 or fp32, not 'int4'" in result.stderr
+    assert not (tmp_path / "bad").exists()  # nothing was trained or written
+
+
+def test_a_finished_run_leaves_an_onnx_export(synth: Path, tmp_path: Path) -> None:
+    """`--export fp32`: the final model's ONNX Runtime export, parity-checked against torch, beside the model."""
+    out = tmp_path / "exported"
+    result = _train(synth, out, "--steps=2", "--ckpt_every=2", "--export", "fp32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((out / "model" / "export" / "onnxruntime-fp32" / "manifest.json").read_text())
+    assert set(manifest["graphs"]) >= {"vision", "text", "fusion"}
+    assert all(v["max_abs"] <= 1e-4 for v in manifest["parity_fp32_vs_torch"].values())

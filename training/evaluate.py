@@ -5,7 +5,8 @@
 
 Metrics (the held-out scenes are the retrieval gallery):
 - text->image and image->text R@1 / R@5 with the official procedure: ITC similarity, then the top `k` re-ranked
-  by the ITM positive logit (`Retrieval.py::evaluation`); the text of a scene is its canonical caption;
+  by the ITM positive logit (`Retrieval.py::evaluation`); the text of a scene is its canonical caption, which
+  other scenes may share (see `retrieval`: the same-text R@1 and the ceiling that sharing sets);
 - grounding Acc@IoU>=0.5 over every region description (`regions.jsonl`, first phrase of each element), boxes
   compared in pixels of the original image;
 - `check` accuracy: ITM probability > the checkpoint's `check_threshold` vs the statement's label;
@@ -71,8 +72,14 @@ def recall_at(ranks: torch.Tensor, k: int) -> float:
 
 
 @torch.no_grad()
-def retrieval(model: XVLM, images: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor, k: int) -> dict:
-    """Official `Retrieval.py` scoring: ITC for all pairs, ITM logit for each query's top k, -100 elsewhere."""
+def retrieval(model: XVLM, images: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor, k: int,
+              texts: Sequence[str] | None = None) -> dict:  # fmt: skip
+    """Official `Retrieval.py` scoring: ITC for all pairs, ITM logit for each query's top k, -100 elsewhere.
+
+    R@K counts the scene's own image (text). Synthetic scenes can share a canonical caption ("three green
+    diamonds"), which caps R@1 below 1 for any model; given `texts`, `*_r1_same_text` also counts a top-1 whose
+    caption is the same text, and `r1_ceiling` is the best R@1 a model that only reads the text can reach.
+    """
     n = len(images)
     text_embeds = model.encode_text(text_ids, text_atts)
     sim = model.image_features(images) @ model.text_features(text_embeds).t()  # (N images, N texts)
@@ -89,11 +96,22 @@ def retrieval(model: XVLM, images: torch.Tensor, text_ids: torch.Tensor, text_at
     truth = torch.arange(n)
     rank_i2t = (score_i2t > score_i2t.gather(1, truth[:, None])).sum(1)  # texts scored above the true one
     rank_t2i = (score_t2i > score_t2i.gather(1, truth[:, None])).sum(1)
-    return {
+    result = {
         "txt_r1": recall_at(rank_i2t, 1), "txt_r5": recall_at(rank_i2t, 5),
         "img_r1": recall_at(rank_t2i, 1), "img_r5": recall_at(rank_t2i, 5),
         "gallery": n, "k_test": k,
     }  # fmt: skip
+    if texts is not None:
+        result["img_r1_same_text"] = same_text_r1(score_t2i, texts)
+        result["txt_r1_same_text"] = same_text_r1(score_i2t, texts)
+        result["r1_ceiling"] = float(np.mean([1 / texts.count(t) for t in texts]))
+    return result
+
+
+def same_text_r1(scores: torch.Tensor, texts: Sequence[str]) -> float:
+    """Share of queries (rows) whose top-scored item (column) has the same canonical text as the query's own item."""
+    top = scores.argmax(1).tolist()
+    return float(np.mean([texts[j] == texts[i] for i, j in enumerate(top)]))
 
 
 def box_iou_xyxy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -201,8 +219,9 @@ def evaluate(
     result: dict = {"model": str(model_dir), "data": str(data_dir), "scenes": len(names), "heads": sorted(heads)}
 
     if {"itc", "itm"} <= heads:
-        ids, atts = encode_texts(tokenizer, [r["caption"][0] for r in captions], max_tokens)
-        result["retrieval"] = retrieval(model, images, ids, atts, k_test)
+        texts = [r["caption"][0] for r in captions]
+        ids, atts = encode_texts(tokenizer, texts, max_tokens)
+        result["retrieval"] = retrieval(model, images, ids, atts, k_test, texts)
     if "bbox" in heads:
         regions = [r for r in read_jsonl(root / "regions.jsonl") if r["image"] in image_of]
         result["grounding"] = grounding(model, tokenizer, images, sizes, regions, image_of, max_tokens)

@@ -1,7 +1,11 @@
 """X-VLM pretraining: one readable loop, on one CPU process or many GPUs under torchrun.
 
-    python -m training.train --recipe training/recipes/tiny_synthetic.yaml [--key=value ...]
+    python -m training.train --recipe training/recipes/tiny_synthetic.yaml [--export int8] [--key=value ...]
     torchrun --nproc_per_node 2 -m training.train --recipe ... --out=runs/x
+
+`--export int8` (or fp32) leaves a gated ONNX Runtime export of the finished model beside it
+(`<out>/model/export/onnxruntime-int8/`, `xvlm_edge.export.export_model`); a refused gate ends the run with
+the gate's numbers, the checkpoint itself is kept.
 
 The schedule is the official `Pretrain.py`: every step is one image-text batch, and before it, with
 probability `regions_iter_perc`, one region batch (its own optimizer step). Both steps use the LR of the
@@ -145,6 +149,7 @@ class TrainRecipe:
     keep_checkpoints: int = 2
     threads: int = 0  # torch.set_num_threads per process; 0 leaves the default
     progress: bool = True
+    export: str = ""  # "int8" | "fp32": export the final model for ONNX Runtime (gated for int8); "" exports nothing
 
 
 def _coerce(tp: Any, value: Any, name: str) -> Any:
@@ -547,9 +552,9 @@ def optimizer_step(
             scaler.scale(loss / accum).backward()
         for name, value in parts.items():
             sums[name] = sums.get(name, 0) + value.float() / accum
-    if recipe.optim.grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
+    scaler.unscale_(optimizer)
+    clip = recipe.optim.grad_clip if recipe.optim.grad_clip > 0 else math.inf  # the norm is logged either way
+    sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).detach()
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -564,6 +569,8 @@ def optimizer_step(
 
 
 def train(recipe: TrainRecipe) -> Path:
+    if recipe.export not in ("", "fp32", "int8"):
+        raise SystemExit(f"--export must be int8 or fp32, not {recipe.export!r}")  # checked before, not after, a run
     ctx = setup_distributed()
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
@@ -654,7 +661,7 @@ def train(recipe: TrainRecipe) -> Path:
         parts = optimizer_step(step_module, model, optimizer, scaler, streams["image"].next(), False,
                                accum, lr, recipe, ctx, autocast)  # fmt: skip
         record.update({f"image_{k}": v for k, v in parts.items()})
-        record["loss"] = sum(v for k, v in record.items() if k.startswith(("image_", "region_")))
+        record["loss"] = sum(v for k, v in record.items() if k.startswith(("image_", "region_")) and not k.endswith("grad_norm"))
         if not all(math.isfinite(v) for v in record.values()):
             raise SystemExit(f"non-finite loss at step {step + 1}: {record}")
         if metrics is not None:
@@ -692,6 +699,8 @@ def train(recipe: TrainRecipe) -> Path:
         if bar is not None:
             bar.close()
         print(f"model written to {final}", file=sys.stderr)
+        if recipe.export:
+            export_final(final, recipe.export, recipe.threads or None)
     if ctx.world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -713,6 +722,17 @@ def calibrate(recipe: TrainRecipe, model: XVLM, tokenizer: Tokenizer, config: Mo
     model.train()
     print(f"check_threshold {threshold:.4f} (accuracy {accuracy:.4f} on {root})", file=sys.stderr)
     return dataclasses.replace(config, check_threshold=threshold)
+
+
+def export_final(model_dir: Path, precision: str, threads: int | None) -> None:
+    """The finished model's ONNX Runtime export; an INT8 export that fails its accuracy gate ends the run."""
+    from xvlm_edge.export import AccuracyGateError, export_model
+
+    try:
+        manifest = export_model(model_dir, precision, "onnxruntime", threads=threads)
+    except AccuracyGateError as error:
+        raise SystemExit(f"{model_dir} is saved, but its {precision} export was refused: {error}") from error
+    print(f"{precision} export written to {manifest['directory']}", file=sys.stderr)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -739,9 +759,8 @@ def main(argv: list[str] | None = None) -> int:
     rest = []
     i = 0
     while i < len(argv):
-        if argv[i] == "--recipe":
-            recipe_path, i = argv[i + 1], i + 2
-            continue
+        if argv[i] in ("--recipe", "--export") and i + 1 < len(argv):  # the two options that also take a space
+            argv[i : i + 2] = [f"{argv[i]}={argv[i + 1]}"]
         if argv[i].startswith("--recipe="):
             recipe_path = argv[i].split("=", 1)[1]
         elif argv[i] in ("-h", "--help"):

@@ -68,7 +68,9 @@ def box_cross_attention(
     """Masked cross-attention of K query rows over per-image keys and values.
 
     q: (K, H, T, d) text queries; k, v: (B, H, N, d) projected once per image; `idx_to_group_img` (K,)
-    maps each query row to its image (None: image k for row k); mask: (K, N) 1 where a key is visible.
+    maps each query row to its image; None means the rows are grouped by image, image b owning rows
+    b*r .. b*r + r - 1 with r = K / B (r = 1: row k reads image k), and K/V are read in place, never copied per
+    row (a decoder's beams, VQA's candidate answers); mask: (K, N) 1 where a key is visible.
     With `pooled`, a pooled token whose key/value are the masked means of the visible keys/values is
     prepended (the Swin concept token); without it, token 0 is already in `k`/`v` (CLIP, decoders).
     Returns (K, H, T, d). Scores are `q.k / sqrt(d)` with the official -1e9 additive mask.
@@ -77,6 +79,10 @@ def box_cross_attention(
         from xvlm_edge.kernels import box_cross_attention as kernel
 
         return kernel(q, k, v, idx_to_group_img, mask)
+    if idx_to_group_img is None and not pooled:
+        return _grouped_attention(q, k, v, mask)
+    if idx_to_group_img is None and q.shape[0] != k.shape[0]:
+        idx_to_group_img = torch.arange(k.shape[0], device=q.device).repeat_interleave(q.shape[0] // k.shape[0])
     if idx_to_group_img is not None:
         k, v = k[idx_to_group_img], v[idx_to_group_img]  # (K, H, N, d): an index, not a projection
     mask = mask.to(q.dtype)[:, None, None, :]  # (K, 1, 1, N)
@@ -87,6 +93,21 @@ def box_cross_attention(
         mask = torch.cat([torch.ones_like(mask[..., :1]), mask], dim=-1)
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1]) + (1.0 - mask) * -1e9  # (K, H, T, S)
     return scores.softmax(dim=-1) @ v
+
+
+def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`box_cross_attention` without a pooled token for rows grouped by image: image b's r rows become r*T
+    queries of one (B, H, r*T, S) product against its keys, so no per-row copy of K/V is made."""
+    rows, heads, tokens, dim = q.shape
+    images, keys = k.shape[0], k.shape[2]
+    if rows % images:
+        raise InputError(f"{rows} query rows cannot be grouped over {images} images (give an index instead)")
+    q = q.reshape(images, -1, heads, tokens, dim).transpose(1, 2).reshape(images, heads, -1, dim)  # (B, H, r*T, d)
+    bias = ((1.0 - mask.to(q.dtype)) * -1e9).reshape(images, 1, -1, 1, keys)  # (B, 1, r, 1, S)
+    bias = bias.expand(-1, -1, -1, tokens, -1).reshape(images, 1, -1, keys)  # (B, 1, r*T, S)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(dim) + bias
+    out = scores.softmax(dim=-1) @ v  # (B, H, r*T, d)
+    return out.reshape(images, heads, -1, tokens, dim).transpose(1, 2).reshape(rows, heads, tokens, dim)
 
 
 def _use_kernels(x: torch.Tensor) -> bool:

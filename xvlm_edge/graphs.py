@@ -7,7 +7,7 @@ torch backend and exports to ONNX unchanged; `INPUTS`/`OUTPUTS` name its tensors
 Image K/V are never copied per text (DESIGN.md section 2): `fusion`, `multimodal` and `nlvr` hand the fusion
 layers B images plus an index (K,) from query row to image, so each cross-attention layer projects K/V once
 per image; `cross_kv` projects a decoder's cross K/V once per image (or question) and `decoder_step` reads
-them through the index for every step and every beam.
+them in place for every step and every beam (its rows come grouped by image).
 
 Image masks are always in the official `image_atts` form (K, 1 + N) (`[CLS]` + patches). For Swin the graphs
 drop column 0 and rebuild the pooled token inside the attention (`CrossContext.pooled`).
@@ -190,19 +190,17 @@ class NlvrGraph(nn.Module):
 
 class CrossKVGraph(nn.Module):
     """A decoder's cross-attention K/V, projected once per image (or question): states (B, S, C) ->
-    k, v (L, B, heads, S', d) with S' = S - 1 for a pooled (Swin) context, whose [CLS] is rebuilt per row."""
+    k, v (L, B, heads, S, d). A caption reads the whole Swin image, whose [CLS] is the mean of the patches,
+    so the [CLS] K/V are the pooled token's and nothing is rebuilt per step (DESIGN section 2)."""
 
     INPUTS = ("states",)
     OUTPUTS = ("cross_k", "cross_v")
 
-    def __init__(self, decoder: BertLM, pooled: bool) -> None:
+    def __init__(self, decoder: BertLM) -> None:
         super().__init__()
         self.decoder = decoder
-        self.pooled = pooled
 
     def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.pooled:
-            states = states[:, 1:]  # (B, N, C): patches only
         kv = self.decoder.bert.cross_kv(states)
         return torch.stack([k for k, _ in kv.values()]), torch.stack([v for _, v in kv.values()])
 
@@ -211,21 +209,21 @@ class DecoderStepGraph(nn.Module):
     """One autoregressive step of a causal decoder with a self-attention KV cache.
 
     text_ids (K, t) new tokens; self_atts (K, P + t) 1/0 over cached + new tokens; cache_k/cache_v
-    (L, K, heads, P, d) (P may be 0); cross_k/cross_v (Lf, B, heads, S, d) from `CrossKVGraph`;
-    cross_index (K,) image (or question) of each row; cross_atts (K, S or 1 + S when pooled).
+    (L, K, heads, P, d) (P may be 0); cross_k/cross_v (Lf, B, heads, S, d) from `CrossKVGraph`, the K rows
+    grouped by image (or question): B groups of r = K / B rows (beams, candidate answers), so every row reads
+    its image's K/V in place; cross_atts (K, S).
     -> logits (K, vocab) at the last new position (all t positions with `last_only=False`), and the
     cache (L, K, heads, P + t, d) extended by the new tokens.
     """
 
-    INPUTS = ("text_ids", "self_atts", "cache_k", "cache_v", "cross_k", "cross_v", "cross_index", "cross_atts")
+    INPUTS = ("text_ids", "self_atts", "cache_k", "cache_v", "cross_k", "cross_v", "cross_atts")
     #: The extended cache is `new_cache_*`: ONNX graphs and TensorRT engines bind by name, and an output may
     #: not share its name with an input.
     OUTPUTS = ("logits", "new_cache_k", "new_cache_v")
 
-    def __init__(self, decoder: BertLM, pooled: bool, last_only: bool = True) -> None:
+    def __init__(self, decoder: BertLM, last_only: bool = True) -> None:
         super().__init__()
         self.decoder = decoder
-        self.pooled = pooled
         self.last_only = last_only
 
     def forward(
@@ -236,15 +234,11 @@ class DecoderStepGraph(nn.Module):
         cache_v: torch.Tensor,
         cross_k: torch.Tensor,
         cross_v: torch.Tensor,
-        cross_index: torch.Tensor,
         cross_atts: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         bert = self.decoder.bert
-        if self.pooled:
-            cross_atts = cross_atts[:, 1:]  # (K, N): the pooled token is rebuilt from the patch mask
-        fusion = bert.fusion_layers()
-        kv = {layer: (cross_k[j], cross_v[j]) for j, layer in enumerate(fusion)}
-        context = CrossContext(None, cross_atts, cross_index, pooled=self.pooled, kv=kv)
+        kv = {layer: (cross_k[j], cross_v[j]) for j, layer in enumerate(bert.fusion_layers())}
+        context = CrossContext(None, cross_atts, None, kv=kv)  # index None: rows grouped by image
         past = [(cache_k[i], cache_v[i]) for i in range(len(cache_k))]
         hidden, cache = bert(text_ids, self_atts, context=context, causal=True, past=past)
         hidden = hidden[:, -1] if self.last_only else hidden  # (K, hidden) or (K, t, hidden)
@@ -273,13 +267,10 @@ def build_graphs(model: XVLM) -> dict[str, nn.Module]:
         graphs["multimodal"] = MultimodalGraph(model)
     if "nlvr" in heads:
         graphs["nlvr"] = NlvrGraph(model)
-    if "caption" in heads:
-        pooled = model.pools_boxes
-        graphs["caption_cross_kv"] = CrossKVGraph(model.caption_decoder, pooled)
-        graphs["caption_step"] = DecoderStepGraph(model.caption_decoder, pooled)
-        graphs["caption_score"] = DecoderStepGraph(model.caption_decoder, pooled, last_only=False)
-    if "vqa" in heads:
-        graphs["answer_cross_kv"] = CrossKVGraph(model.answer_decoder, pooled=False)
-        graphs["answer_step"] = DecoderStepGraph(model.answer_decoder, pooled=False)
-        graphs["answer_score"] = DecoderStepGraph(model.answer_decoder, pooled=False, last_only=False)
+    for name, head in (("caption", "caption"), ("answer", "vqa")):
+        if head in heads:
+            decoder = getattr(model, f"{name}_decoder")
+            graphs[f"{name}_cross_kv"] = CrossKVGraph(decoder)
+            graphs[f"{name}_step"] = DecoderStepGraph(decoder)
+            graphs[f"{name}_score"] = DecoderStepGraph(decoder, last_only=False)
     return graphs

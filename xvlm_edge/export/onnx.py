@@ -52,7 +52,7 @@ class Sizes:
 
 
 #: The traced sizes: all >= 2 and pairwise distinct, so that no axis can be mistaken for a constant or another axis.
-TRACE_SIZES = Sizes(images=2, rows=3, tokens=5, past=4, new=2)
+TRACE_SIZES = Sizes(images=2, rows=3, tokens=5, past=6, new=2)
 #: Sizes the export is checked at: batch 1, first decoder step (empty cache, whole prompt), and larger.
 CHECK_SIZES = (
     Sizes(images=1, rows=1, tokens=3, past=0, new=4),
@@ -79,7 +79,6 @@ AXES: dict[str, dict[int, str]] = {
     "right_index": {0: "rows"},
     "cross_k": {1: "images", 3: "keys"},
     "cross_v": {1: "images", 3: "keys"},
-    "cross_index": {0: "rows"},
     "cross_atts": {0: "rows", 1: "cross_tokens"},
     "self_atts": {0: "rows", 1: "total"},
     "cache_k": {1: "rows", 3: "past"},
@@ -142,22 +141,27 @@ def example_inputs(model: XVLM, graphs: dict[str, nn.Module], sizes: Sizes, seed
         for decoder in ("caption", "answer"):
             if f"{decoder}_step" not in graphs:
                 continue
-            if decoder == "caption":
-                states, cross_atts = image_embeds, image_atts  # (B, 1 + N, C), (K, 1 + N)
-            else:  # B question states (B, T, hidden) with their padding mask; row k reads question index[k]
+            if decoder == "caption":  # (B, 1 + N, C); a caption sees the whole image
+                states = image_embeds
+                cross_atts_of = lambda rows: torch.ones(len(rows), n, dtype=torch.long)  # noqa: E731
+            else:  # B question states (B, T, hidden) with their padding mask; a row reads its question's
                 q_ids = torch.randint(low, vocab, (b, t), generator=gen)
                 q_atts = torch.ones(b, t, dtype=torch.long)
                 q_atts[b // 2 :, t - 1] = 0
                 states = graphs["multimodal"](q_ids, q_atts, image_embeds, torch.arange(b), torch.ones(b, n, dtype=torch.long))[0]
-                cross_atts = q_atts[index]  # (K, T)
+                cross_atts_of = lambda rows: q_atts[rows]  # noqa: E731
             out[f"{decoder}_cross_kv"] = (states,)
             cross_k, cross_v = graphs[f"{decoder}_cross_kv"](states)
             layers, heads, dim = decoder_shape(graphs[f"{decoder}_step"].decoder)
-            cache_k = torch.randn(layers, k, heads, sizes.past, dim, generator=gen)
-            cache_v = torch.randn(layers, k, heads, sizes.past, dim, generator=gen)
-            new_ids = torch.randint(low, vocab, (k, sizes.new), generator=gen)
-            self_atts = torch.ones(k, sizes.past + sizes.new, dtype=torch.long)
-            step = (new_ids, self_atts, cache_k, cache_v, cross_k, cross_v, index, cross_atts)
+            per_image = 1 + k // b  # decoder rows come grouped by image: r beams (or answers) each
+            grouped = torch.arange(b).repeat_interleave(per_image)
+            rows = len(grouped)
+            cache_k = torch.randn(layers, rows, heads, sizes.past, dim, generator=gen)
+            cache_v = torch.randn(layers, rows, heads, sizes.past, dim, generator=gen)
+            new_ids = torch.randint(low, vocab, (rows, sizes.new), generator=gen)
+            self_atts = torch.ones(rows, sizes.past + sizes.new, dtype=torch.long)
+            cross_atts = cross_atts_of(grouped)
+            step = (new_ids, self_atts, cache_k, cache_v, cross_k, cross_v, cross_atts)
             out[f"{decoder}_step"] = step
             out[f"{decoder}_score"] = step
     return out
@@ -181,8 +185,9 @@ def export_graph(name: str, graph: nn.Module, inputs: tuple[torch.Tensor, ...], 
         )
 
 
-def session(path: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session with every graph optimisation on."""
+def session(path: Path, threads: int | None = None, optimized_copy: Path | None = None):
+    """An ONNX Runtime CPU session with every graph optimisation on (the graph ORT runs is saved to
+    `optimized_copy` when given)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -191,12 +196,17 @@ def session(path: Path, threads: int | None = None):
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if optimized_copy is not None:
+        options.optimized_model_filepath = str(optimized_copy)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def max_abs_diff(sess, graph: nn.Module, inputs: tuple[torch.Tensor, ...], rtol: float = FP32_RTOL) -> tuple[float, float]:
-    """(largest |ORT - torch|, largest |ORT - torch| - rtol * |torch|) over every output of one call."""
-    feed = {n: x.numpy() for n, x in zip(graph.INPUTS, inputs)}
+    """(largest |ORT - torch|, largest |ORT - torch| - rtol * |torch|) over every output of one call.
+
+    Float inputs are cast to the type the session declares (float16 for an fp16 export)."""
+    declared = {i.name: i.type for i in sess.get_inputs()}
+    feed = {n: x.numpy().astype(np.float16) if declared[n] == "tensor(float16)" else x.numpy() for n, x in zip(graph.INPUTS, inputs)}
     got = sess.run(list(graph.OUTPUTS), feed)
     with torch.no_grad():
         want = graph(*inputs)
@@ -253,4 +263,17 @@ def export_fp32(model: XVLM, out_dir: Path, graph_names: tuple[str, ...] | None 
     return parity
 
 
-__all__ = ["CHECK_SIZES", "FP32_ATOL", "FP32_RTOL", "OPSET", "TRACE_SIZES", "Sizes", "check_graph", "check_inputs", "example_inputs", "export_fp32", "session"]
+__all__ = [
+    "CHECK_SIZES",
+    "FP32_ATOL",
+    "FP32_RTOL",
+    "OPSET",
+    "TRACE_SIZES",
+    "Sizes",
+    "check_graph",
+    "check_inputs",
+    "example_inputs",
+    "export_fp32",
+    "max_abs_diff",
+    "session",
+]

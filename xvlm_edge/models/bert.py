@@ -29,7 +29,8 @@ class CrossContext:
 
     states: (B, S, C) per-image tokens, projected to K/V once per image (or None when `kv` is given).
     atts: (K, S) 1 where query row k may look (with `pooled`: the patch mask, S = N patches).
-    index: (K,) image of each query row, or None when row k uses image k.
+    index: (K,) image of each query row, or None when the rows are grouped by image: image b owns rows
+        b*r .. b*r + r - 1, r = K / B (r = 1: row k uses image k), read without a per-row copy.
     pooled: prepend the masked-mean token (the Swin concept token) built from `states` and `atts`.
     kv: per fusion layer, K/V already projected from `states` (`BertModel.cross_kv`), so that a decoder
         projects them once per image and reuses them for every step and beam.

@@ -104,11 +104,11 @@ class Runtime(ABC):
         cache_k: torch.Tensor,
         cache_v: torch.Tensor,
         cross: CrossKV,
-        cross_index: torch.Tensor,
         cross_atts: torch.Tensor,
     ) -> DecoderOutput:
-        """`graph` is "caption_step" / "answer_step", or "caption_score" / "answer_score" (logits of every new position)."""
-        out = self.run(graph, text_ids, self_atts, cache_k, cache_v, cross.k, cross.v, cross_index, cross_atts)
+        """`graph` is "caption_step" / "answer_step", or "caption_score" / "answer_score" (logits of every new
+        position). The rows come grouped by image (or question): r = rows / B consecutive rows read each one."""
+        out = self.run(graph, text_ids, self_atts, cache_k, cache_v, cross.k, cross.v, cross_atts)
         return DecoderOutput(*out)
 
     def empty_cache(self, decoder: str, rows: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -62,9 +62,10 @@ class CachedDecoder:
         self.length += ids.shape[1]
         # All ones, as the official `prepare_inputs_for_generation`: pads after eos stay visible (finished rows only).
         self_atts = torch.ones(len(ids), self.length, dtype=torch.long)
-        out = self.runtime.decoder_step(
-            self.graph, ids, self_atts, *self.cache, self.cross, self.index, self.cross_atts[self.index]
-        )
+        images, rows = self.cross.k.shape[1], len(self.index)
+        if rows % images or not torch.equal(self.index, torch.arange(rows) // max(1, rows // images)):
+            raise ValueError(f"the step graph reads image b from rows b*r .. b*r + r - 1; rows read images {self.index.tolist()}")
+        out = self.runtime.decoder_step(self.graph, ids, self_atts, *self.cache, self.cross, self.cross_atts[self.index])
         self.cache = (out.cache_k, out.cache_v)
         return out.logits
 
@@ -94,8 +95,7 @@ class UncachedDecoder:
         cross = self.runtime.cross_kv(self.decoder, self.states[self.index])  # one copy per row, as official
         empty = self.runtime.empty_cache(self.decoder, rows)
         self_atts = torch.ones(rows, self.ids.shape[1], dtype=torch.long)
-        identity = torch.arange(rows)
-        out = self.runtime.decoder_step(self.graph, self.ids, self_atts, *empty, cross, identity, self.cross_atts[self.index])
+        out = self.runtime.decoder_step(self.graph, self.ids, self_atts, *empty, cross, self.cross_atts[self.index])
         return out.logits[:, -1]
 
 

@@ -52,7 +52,7 @@ def rank_answers(
     questions = torch.arange(num_questions)
     start = answer_ids[:1, :1].expand(num_questions, 1)  # the answers' [CLS] starts decoding
     cache = runtime.empty_cache("answer", num_questions)
-    first = runtime.decoder_step("answer_step", start, torch.ones_like(start), *cache, cross, questions, question_atts)
+    first = runtime.decoder_step("answer_step", start, torch.ones_like(start), *cache, cross, question_atts)
     first_probs = first.logits.softmax(-1)[:, answer_ids[:, 1]]  # (Q, A)
     topk_probs, topk_ids = first_probs.topk(k, dim=1)
 
@@ -64,8 +64,8 @@ def rank_answers(
     if width > 2:  # positions 1..L-2 predict tokens 2..L-1
         rest = runtime.decoder_step(
             "answer_score", ids[:, 1 : width - 1], atts[:, : width - 1], first.cache_k[:, rows], first.cache_v[:, rows],
-            cross, rows, question_atts[rows],
-        )  # fmt: skip
+            cross, question_atts[rows],
+        )  # fmt: skip  (rows = question q's k candidates, consecutive: grouped as the graph reads them)
         logits = torch.cat([logits, rest.logits], dim=1)  # (Q*k, L-1, V)
     targets = ids[:, 1:]  # (Q*k, L-1)
     token_logprobs = F.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
