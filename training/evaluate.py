@@ -68,7 +68,7 @@ def itm_scores(model: XVLM, images: torch.Tensor, image_index: torch.Tensor, tex
 
 
 def recall_at(ranks: torch.Tensor, k: int) -> float:
-    return float((ranks < k).float().mean())
+    return float((ranks < k).double().mean())
 
 
 @torch.no_grad()
