@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -155,3 +156,26 @@ def test_cli_export(caption_dir: Path, tmp_path: Path, capsys) -> None:
     assert "TensorRT" in capsys.readouterr().err
     with pytest.raises(BackendUnavailableError):
         export_model(caption_dir, "fp16", "onnxruntime")
+
+
+def test_cli_sensitivity_search_recorded(bbox_dir: Path, tmp_path: Path, capsys) -> None:
+    """`--sensitive-search N` runs the search on every quantised graph (here only text: vision and fusion are
+    kept fp32 to keep the test fast) and records it in the manifest; other precisions refuse it."""
+    assert main(["export", str(bbox_dir), "--precision", "fp32", "--sensitive-search", "2"]) == 2
+    assert "only for int8" in capsys.readouterr().err
+    (tmp_path / "eval").mkdir()
+    for i, image in enumerate(images(2)):
+        cv2.imwrite(str(tmp_path / "eval" / f"{i}.png"), image)
+    args = ["export", str(bbox_dir), "--precision", "int8", "--sensitive-search", "2", "--keep-fp32", "vision", "fusion"]
+    assert main([*args, "--eval-images", str(tmp_path / "eval"), "--force", "--threads", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc["sensitivity_search"]) == {"text"}
+    search = doc["sensitivity_search"]["text"]
+    assert search["budget"] == 2 and len(search["kept_float"]) <= 2 and search["candidates_measured"] == 12
+    kept = search["kept_float"]
+    assert [r["node"] for r in search["ranked"][: len(kept)]] == kept  # kept in rank order
+    assert max(search["error_after"].values()) <= max(search["error_before"].values())
+    manifest = read_manifest(bbox_dir / "export" / "onnxruntime-int8")
+    assert manifest["sensitivity_search"] == doc["sensitivity_search"]
+    assert manifest["graphs"]["text"]["int8_matmuls"] == 12 - len(kept)  # the kept nodes stay float MatMuls
+    shutil.rmtree(bbox_dir / "export" / "onnxruntime-int8")

@@ -263,18 +263,27 @@ def cmd_export(args: argparse.Namespace) -> None:
     thresholds = Thresholds() if args.min_caption_agreement is None else Thresholds(caption_agreement=args.min_caption_agreement)
     manifest = export_model(
         args.model_dir, args.precision, args.target, calibration=args.calibration, eval_images=args.eval_images,
-        thresholds=thresholds, force=args.force, exclude=args.exclude, keep_fp32=args.keep_fp32 or (), threads=args.threads,
+        thresholds=thresholds, force=args.force, exclude=args.exclude, keep_fp32=args.keep_fp32 or (),
+        search_sensitive=args.sensitive_search, threads=args.threads,
     )  # fmt: skip
     graphs = manifest["graphs"]
     lines = [f"exported {len(graphs)} graphs ({args.target}, {args.precision}) -> {manifest['directory']}"]
     for name, entry in graphs.items():
         parity = manifest["parity_fp32_vs_torch"][name]["max_abs"]
-        lines.append(f"  {name:18s} {entry['bytes'] / 2**20:8.2f} MiB  fp32 max|ort - torch| {parity:.1e}  {entry['quantization']}")
+        line = f"  {name:18s} {entry['bytes'] / 2**20:8.2f} MiB  fp32 max|ort - torch| {parity:.1e}"
+        fp16 = manifest.get("parity_fp16_vs_torch", {}).get(name)
+        if fp16 is not None:
+            line += f"  fp16 max|ort - torch| {fp16['max_abs']:.1e}" if fp16["checked"] else "  fp16 not checked (ONNX Runtime CPU cannot run it)"
+        lines.append(f"{line}  {entry['quantization']}")
+    for name, search in manifest.get("sensitivity_search", {}).items():
+        before, after = max(search["error_before"].values()), max(search["error_after"].values())
+        lines.append(f"  sensitivity {name}: error {before:.2e} -> {after:.2e}, kept float: {', '.join(search['kept_float']) or 'none'}")
     accuracy = manifest["accuracy"]
     if "metrics" in accuracy:
         verdict = "passed" if accuracy["passed"] else "FAILED (forced)"
         lines.append(f"  accuracy gate {verdict}: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy["metrics"].items()))
-    summary = {k: manifest[k] for k in ("directory", "target", "precision", "opset", "graphs", "parity_fp32_vs_torch", "accuracy")}
+    keys = ("directory", "target", "precision", "opset", "graphs", "parity_fp32_vs_torch", "parity_fp16_vs_torch", "sensitivity_search", "accuracy")
+    summary = {k: manifest[k] for k in keys if k in manifest}
     _emit(args, summary, "\n".join(lines))
 
 
@@ -371,15 +380,23 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16", "int8"), help="fp16/bf16 need CUDA; int8 needs onnxruntime")
         command.add_argument("--device", help="cpu or cuda (default: cuda when present)")
 
-    export = sub.add_parser("export", help="export a checkpoint directory to ONNX (fp32, or INT8 behind an accuracy gate)",
-                            epilog="example: xvlm-edge export model_dir --precision int8 --target onnxruntime")  # fmt: skip
+    export = sub.add_parser("export", help="export a checkpoint directory to ONNX (fp32, fp16 for TensorRT, or INT8 behind an accuracy gate)",
+                            epilog="examples: xvlm-edge export model_dir --precision int8 --target onnxruntime --sensitive-search 4\n"
+                                   "          xvlm-edge export model_dir --precision fp16 --target tensorrt",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     export.add_argument("model_dir", type=Path, help="an xvlm_edge checkpoint directory (xvlm-edge convert makes one)")
-    export.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="fp16: build TensorRT fp16 engines from the fp32 export")
-    export.add_argument("--target", default="onnxruntime", choices=("onnxruntime", "tensorrt"), help="runtime the ONNX is for")
+    export.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
+                        help="fp16: float16 ONNX for TensorRT's strongly typed engines (--target tensorrt only); "
+                             "int8: Q/DQ, refused if the accuracy gate fails")  # fmt: skip
+    export.add_argument("--target", default="onnxruntime", choices=("onnxruntime", "tensorrt"),
+                        help="runtime the ONNX is for: onnxruntime runs fp32/int8, tensorrt builds engines from fp32/fp16/int8")  # fmt: skip
     export.add_argument("--calibration", type=Path, help="folder of images calibrating INT8 (default: generated images)")
     export.add_argument("--eval-images", type=Path, help="folder of images the accuracy gate compares on (default: generated)")
     export.add_argument("--exclude", nargs="+", help="ONNX node-name substrings kept in float (default: patch_embed)")
     export.add_argument("--keep-fp32", nargs="+", help="graphs an int8 export leaves in fp32 (e.g. multimodal answer_step answer_score)")
+    export.add_argument("--sensitive-search", type=int, default=0, metavar="N",
+                        help="int8: per quantised graph, keep in float up to N MatMul/Gemm nodes found sensitive by "
+                             "quantising each alone (one quantisation per node: minutes per graph at base size; default 0: off)")  # fmt: skip
     export.add_argument("--min-caption-agreement", type=float, help="gate threshold: share of identical captions (default 0.95)")
     export.add_argument("--force", action="store_true", help="write the INT8 export even if the accuracy gate fails")
     export.add_argument("--threads", type=int, help="ONNX Runtime threads while gating")

@@ -201,8 +201,8 @@ def session(path: Path, threads: int | None = None, optimized_copy: Path | None 
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def max_abs_diff(sess, graph: nn.Module, inputs: tuple[torch.Tensor, ...], rtol: float = FP32_RTOL) -> tuple[float, float]:
-    """(largest |ORT - torch|, largest |ORT - torch| - rtol * |torch|) over every output of one call.
+def run_both(sess, graph: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(output name, ORT result, torch result) per output of one call, both float64 (torch's for float outputs).
 
     Float inputs are cast to the type the session declares (float16 for an fp16 export)."""
     declared = {i.name: i.type for i in sess.get_inputs()}
@@ -210,14 +210,21 @@ def max_abs_diff(sess, graph: nn.Module, inputs: tuple[torch.Tensor, ...], rtol:
     got = sess.run(list(graph.OUTPUTS), feed)
     with torch.no_grad():
         want = graph(*inputs)
-    worst, excess = 0.0, 0.0
+    out = []
     for name, g, w in zip(graph.OUTPUTS, got, want):
         if tuple(g.shape) != tuple(w.shape):
             raise EngineError(f"output {name!r}: ONNX shape {tuple(g.shape)} != torch shape {tuple(w.shape)}")
-        if not g.size:
+        out.append((name, g.astype(np.float64), w.double().numpy()))
+    return out
+
+
+def max_abs_diff(sess, graph: nn.Module, inputs: tuple[torch.Tensor, ...], rtol: float = FP32_RTOL) -> tuple[float, float]:
+    """(largest |ORT - torch|, largest |ORT - torch| - rtol * |torch|) over every output of one call."""
+    worst, excess = 0.0, 0.0
+    for _, got, ref in run_both(sess, graph, inputs):
+        if not got.size:
             continue
-        ref = w.double().numpy()
-        diff = np.abs(g.astype(np.float64) - ref)
+        diff = np.abs(got - ref)
         worst = max(worst, float(diff.max()))
         excess = max(excess, float((diff - rtol * np.abs(ref)).max()))
     return worst, excess
@@ -275,5 +282,6 @@ __all__ = [
     "example_inputs",
     "export_fp32",
     "max_abs_diff",
+    "run_both",
     "session",
 ]

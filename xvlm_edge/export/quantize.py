@@ -11,7 +11,8 @@
   `DedicatedQDQPair` gives each quantised consumer its own Q/DQ pair, so a tensor that feeds a MatMul and a
   residual Add reaches the Add unquantised; `qdq_violations` checks that on the written model.
 - Sensitive layers excluded by default: the patch-embedding Conv (3 input channels, negligible compute, and
-  it sees raw pixels). More can be excluded by node-name substring (`exclude`).
+  it sees raw pixels). More can be excluded by node-name substring (`exclude`), or by exact node name
+  (`keep_float`), which is how the nodes found by measuring (`sensitivity.py`) are kept in float.
 
 `reduce_range` (7-bit weights) is on: this CPU has AVX2 without VNNI, where ONNX Runtime's u8s8 kernels use
 VPMADDUBSW, whose int16 intermediate can saturate with full-range weights (onnxruntime quantization docs).
@@ -117,8 +118,44 @@ def _nodes_matching(model_path: Path, patterns: Sequence[str]) -> list[str]:
     return [n.name for n in graph.node if n.op_type in QUANTIZED_OPS and any(p in n.name for p in patterns)]
 
 
-def quantize_static_qdq(src: Path, dst: Path, pixels: np.ndarray, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> None:
-    """Static QDQ INT8 of the vision graph, calibrated (MinMax) on `pixels` (count, 3, R, R)."""
+def _nodes_to_exclude(pre: Path, exclude: Sequence[str], keep_float: Sequence[str]) -> list[str]:
+    """Nodes matching the `exclude` substrings, plus the `keep_float` names (each must be a node of `pre`)."""
+    import onnx
+
+    names = {n.name for n in onnx.load(str(pre), load_external_data=False).graph.node}
+    unknown = sorted(set(keep_float) - names)
+    if unknown:
+        raise InputError(f"nodes to keep in float are not in {pre.stem}: {unknown[:5]}", hint="take names from quantizable_nodes()")
+    return sorted({*_nodes_matching(pre, exclude), *keep_float})
+
+
+def quantizable_nodes(src: Path, *, constant_weight_only: bool, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> list[str]:
+    """Names of the MatMul/Gemm nodes the quantiser would quantise in `src` (after its pre-processing), minus
+    those matching `exclude`: the candidates of the sensitivity search.
+
+    `constant_weight_only`: the dynamic quantiser's rule (`MatMulConstBOnly`), under which activation x
+    activation products (attention scores) stay float anyway.
+    """
+    import onnx
+
+    with tempfile.TemporaryDirectory() as work:
+        graph = onnx.load(str(_preprocess(src, Path(work))), load_external_data=False).graph
+    constants = {t.name for t in graph.initializer}
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type in ("MatMul", "Gemm")
+        and not any(p in n.name for p in exclude)
+        and (not constant_weight_only or n.input[1] in constants)
+    ]
+
+
+def quantize_static_qdq(
+    src: Path, dst: Path, pixels: np.ndarray, exclude: Sequence[str] = DEFAULT_EXCLUDE, keep_float: Sequence[str] = ()
+) -> None:
+    """Static QDQ INT8 of the vision graph, calibrated (MinMax) on `pixels` (count, 3, R, R).
+
+    Nodes whose names contain an `exclude` substring, and the nodes named in `keep_float`, stay float."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -138,7 +175,7 @@ def quantize_static_qdq(src: Path, dst: Path, pixels: np.ndarray, exclude: Seque
             reduce_range=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=_nodes_matching(pre, exclude),
+            nodes_to_exclude=_nodes_to_exclude(pre, exclude, keep_float),
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={
                 "DedicatedQDQPair": True,
@@ -149,8 +186,10 @@ def quantize_static_qdq(src: Path, dst: Path, pixels: np.ndarray, exclude: Seque
         )
 
 
-def quantize_dynamic_int8(src: Path, dst: Path, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> None:
-    """Dynamic INT8 (int8 weights, per-call activation ranges) of the constant-weight MatMuls of a graph."""
+def quantize_dynamic_int8(src: Path, dst: Path, exclude: Sequence[str] = DEFAULT_EXCLUDE, keep_float: Sequence[str] = ()) -> None:
+    """Dynamic INT8 (int8 weights, per-call activation ranges) of the constant-weight MatMuls of a graph.
+
+    Nodes whose names contain an `exclude` substring, and the nodes named in `keep_float`, stay float."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as work:
@@ -162,7 +201,7 @@ def quantize_dynamic_int8(src: Path, dst: Path, exclude: Sequence[str] = DEFAULT
             per_channel=False,
             reduce_range=True,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=_nodes_matching(pre, exclude),
+            nodes_to_exclude=_nodes_to_exclude(pre, exclude, keep_float),
             extra_options={"MatMulConstBOnly": True},
         )
 
@@ -204,6 +243,7 @@ __all__ = [
     "count_ops",
     "folder_images",
     "qdq_violations",
+    "quantizable_nodes",
     "quantize_dynamic_int8",
     "quantize_static_qdq",
     "synthetic_images",
