@@ -284,7 +284,24 @@ def cmd_export(args: argparse.Namespace) -> None:
         lines.append(f"  accuracy gate {verdict}: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy["metrics"].items()))
     keys = ("directory", "target", "precision", "opset", "graphs", "parity_fp32_vs_torch", "parity_fp16_vs_torch", "sensitivity_search", "accuracy")
     summary = {k: manifest[k] for k in keys if k in manifest}
+    if args.target == "tensorrt":
+        summary["engines"] = _build_engines(Path(manifest["directory"]), lines)
     _emit(args, summary, "\n".join(lines))
+
+
+def _build_engines(export: Path, lines: list[str]) -> str | None:
+    """TensorRT engines from a tensorrt export when `_C` has TensorRT; otherwise the command that builds them."""
+    from xvlm_edge import _C
+    from xvlm_edge.runtime.tensorrt_build import DEFAULT_ENGINE_SUBDIR, build_engines
+
+    if not _C.has_tensorrt():
+        lines.append(f"  engines: not built (no TensorRT in this build); on the device run: "
+                     f"python -c \"from xvlm_edge.runtime.tensorrt_build import build_engines; build_engines('{export}')\"")  # fmt: skip
+        return None
+    manifests = build_engines(export)
+    engine_dir = export / DEFAULT_ENGINE_SUBDIR
+    lines.append(f"  engines: {len(manifests)} TensorRT engines -> {engine_dir}")
+    return str(engine_dir)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
