@@ -127,6 +127,9 @@ def test_threads_and_info(model_dir) -> None:
     assert model.info["backend"] == "onnxruntime" and model.info["threads"] == "2" and model.info["precision"] == "fp32"
     with pytest.raises(BackendUnavailableError, match="threads"):
         xvlm_edge.load(model_dir, backend="onnxruntime", threads=0)
+    assert model.checkpoint.model is None  # the export is the model: no PyTorch weights loaded
+    with pytest.raises(BackendUnavailableError, match="PyTorch weights were not loaded"):
+        model.model  # noqa: B018
 
 
 def test_refusals(model_dir, tmp_path, monkeypatch) -> None:

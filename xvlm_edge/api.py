@@ -18,7 +18,7 @@ import torch
 
 from xvlm_edge.checkpoint import Checkpoint
 from xvlm_edge.config import LAYOUT_HEADS, ModelConfig
-from xvlm_edge.errors import CheckpointError, InputError
+from xvlm_edge.errors import BackendUnavailableError, CheckpointError, InputError
 from xvlm_edge.graphs import ImageEncoding
 from xvlm_edge.models.xvlm import XVLM
 from xvlm_edge.preprocess import load_image, to_pixel_values
@@ -69,6 +69,11 @@ class Model:
     @property
     def model(self) -> XVLM:
         """The underlying PyTorch module (on the runtime's device and dtype for the torch backend)."""
+        if self.checkpoint.model is None:
+            raise BackendUnavailableError(
+                f"this model runs exported graphs ({self.runtime.name}); its PyTorch weights were not loaded",
+                hint="xvlm_edge.load(path, backend='torch') gives the module",
+            )
         return self.checkpoint.model
 
     @property
@@ -267,9 +272,13 @@ def load(
             )
         path = default
     from xvlm_edge.checkpoint import load as load_checkpoint
+    from xvlm_edge.checkpoint import load_directory
 
-    checkpoint = load_checkpoint(path)
     model_dir = Path(path) if Path(path).is_dir() else None
+    if backend == "onnxruntime" and model_dir is not None:  # the export is the model: no PyTorch weights in memory
+        checkpoint = load_directory(model_dir, weights=False)
+    else:
+        checkpoint = load_checkpoint(path)
     runtime = create_runtime(
         checkpoint.model, backend=backend, precision=precision, device=device, model_dir=model_dir, threads=threads
     )

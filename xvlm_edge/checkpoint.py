@@ -399,9 +399,10 @@ def interpolate_position_embedding(pos: torch.Tensor, grid: int) -> torch.Tensor
 
 @dataclass
 class Checkpoint:
-    """A loaded model with the tokenizer its ids belong to."""
+    """A loaded model with the tokenizer its ids belong to (model None: config and vocabulary only, for a
+    backend that runs exported graphs and never needs the PyTorch module)."""
 
-    model: XVLM
+    model: XVLM | None
     tokenizer: Tokenizer
     config: ModelConfig
     report: ConversionReport | None = None
@@ -490,8 +491,11 @@ def save(checkpoint: Checkpoint, directory: str | Path) -> Path:
     return directory
 
 
-def load_directory(directory: str | Path) -> Checkpoint:
-    """Load our format, strictly: every tensor the config implies must be there, with its shape."""
+def load_directory(directory: str | Path, *, weights: bool = True) -> Checkpoint:
+    """Load our format, strictly: every tensor the config implies must be there, with its shape.
+
+    `weights=False` reads only the config and vocabulary (an exported backend's needs: no PyTorch module,
+    none of its memory)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
@@ -500,6 +504,8 @@ def load_directory(directory: str | Path) -> Checkpoint:
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory} is not an xvlm_edge checkpoint: {name} is missing")
     config = ModelConfig.load(directory / CONFIG_FILE)
+    if not weights:
+        return Checkpoint(None, Tokenizer.from_file(directory / VOCAB_FILE), config)
     model = XVLM(config)
     try:
         missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False)
