@@ -74,6 +74,13 @@ def test_caption_is_a_sentence_of_domain_words(model: xvlm_edge.api.Model, image
     assert set(words) & _shape_words(), f"{caption!r} names no shape at all"
 
 
+def test_caption_batch_equals_one_by_one_when_captions_end_apart(model: xvlm_edge.api.Model) -> None:
+    """Beam search keeps a finished image's rows in place (the step graph reads rows grouped by image)."""
+    batch = model.caption([str(image) for image in EXAMPLES])
+    assert len({len(c.token_ids) for c in batch}) > 1  # images finish at different steps
+    assert [c.token_ids for c in batch] == [model.caption(str(image)).token_ids for image in EXAMPLES]
+
+
 def _shape_words() -> set[str]:
     from training.synthetic import PLURALS, SHAPES
 

@@ -208,7 +208,8 @@ def beam_search(
         next_rows = torch.zeros(batch, n, dtype=torch.long)
         for b in range(batch):
             if done[b]:
-                next_tokens[b] = pad_id  # HF pads finished images; their rows are never read again
+                next_tokens[b] = pad_id  # HF pads finished images; their rows are never read again,
+                next_rows[b] = torch.arange(b * n, (b + 1) * n)  # but stay in place: rows are grouped by image
                 continue
             slot = 0
             for rank in range(2 * n):
