@@ -67,7 +67,7 @@ def test_manifest_parity_and_hashes(caption_dir: Path) -> None:
     for name, entry in manifest["graphs"].items():
         assert entry["sha256"] == sha256_file(root / entry["file"])
         parity = manifest["parity_fp32_vs_torch"][name]
-        assert parity["max_abs"] <= FP32_ATOL and len(parity["cases"]) == len(CHECK_SIZES)
+        assert parity["max_abs"] <= FP32_ATOL and len(parity["cases"]) == len(CHECK_SIZES)  # absolute on tiny models
     checked = {c["sizes"]["images"] for c in manifest["parity_fp32_vs_torch"]["vision"]["cases"]}
     assert 1 in checked and checked - {TRACE_SIZES.images}  # batch 1 and untraced batches
     assert manifest["decoders"]["caption"] == [4, 4, 32]
@@ -144,7 +144,6 @@ def test_refused_export_is_not_written(tmp_path: Path, monkeypatch) -> None:
 
     directory = make_checkpoint(tmp_path / "m", LAYOUT_HEADS["bbox"])
     monkeypatch.setattr(onnx_export.check_graph, "__defaults__", (0.0, None))  # atol 0
-    monkeypatch.setattr(onnx_export.max_abs_diff, "__defaults__", (0.0,))  # rtol 0
     with pytest.raises(EngineError, match="refusing to write"):
         export_model(directory, "fp32", threads=1)
     assert not (directory / "export" / "onnxruntime-fp32").exists()

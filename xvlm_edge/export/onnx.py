@@ -7,7 +7,8 @@ Exporter choice (torch 2.13), from what was seen on these graphs:
   a tensor op. Official Swin code baked the batch into its window reshapes that way (silently wrong at batch 2).
   Our `models/swin.py` keeps every batch-dependent size symbolic (`view(-1, ...)`, `bw // nw`), but a trace
   can never prove that, so every export is run by ONNX Runtime at several sizes that are NOT the traced ones
-  (`CHECK_SIZES`) and compared with the torch graph: an export that differs by more than `FP32_ATOL` is refused.
+  (`CHECK_SIZES`) and compared with the torch graph: an export that differs by more than `FP32_ATOL` (of the
+  output's scale, for outputs larger than 1) is refused.
 
 Example inputs are made by running the torch graphs themselves (pixels -> image_embeds -> cross K/V ...), so
 each input has the shape and value range a real call gives it.
@@ -31,12 +32,12 @@ from xvlm_edge.models.xvlm import XVLM
 log = logging.getLogger(__name__)
 
 OPSET = 17
-#: fp32 parity bound between ONNX Runtime and the torch graph: |ort - torch| <= FP32_ATOL + FP32_RTOL * |torch|
-#: (numpy.allclose). 1e-4 absolute is the issue's bound and holds alone on the tiny models (worst 5e-5). The
-#: relative term is for large outputs: a base decoder's logits with random weights reach tens, where fp32
-#: summation-order noise over 768 + 30522-wide dot products alone is ~1e-4 (measured 1.07e-4).
+#: fp32 parity bound between ONNX Runtime and the torch graph, per output: max|ort - torch| <= FP32_ATOL x
+#: max(1, max|torch|). 1e-4 absolute is the issue's bound and is what applies to every output of scale <= 1
+#: (embeddings, features, boxes, probabilities; the tiny models' worst is 5e-5). Logits scale it: a base
+#: decoder's logits with random weights reach tens, where fp32 summation-order noise over 768- and 30522-wide
+#: dot products alone is ~1e-4 (measured 1.08e-4 on logits of scale ~10).
 FP32_ATOL = 1e-4
-FP32_RTOL = 1e-5
 
 
 @dataclass(frozen=True)
@@ -218,16 +219,16 @@ def run_both(sess, graph: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[t
     return out
 
 
-def max_abs_diff(sess, graph: nn.Module, inputs: tuple[torch.Tensor, ...], rtol: float = FP32_RTOL) -> tuple[float, float]:
-    """(largest |ORT - torch|, largest |ORT - torch| - rtol * |torch|) over every output of one call."""
-    worst, excess = 0.0, 0.0
+def max_abs_diff(sess, graph: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[float, float]:
+    """(largest |ORT - torch|, largest |ORT - torch| / max(1, max|torch|) of an output) over one call."""
+    worst, scaled = 0.0, 0.0
     for _, got, ref in run_both(sess, graph, inputs):
         if not got.size:
             continue
-        diff = np.abs(got - ref)
-        worst = max(worst, float(diff.max()))
-        excess = max(excess, float((diff - rtol * np.abs(ref)).max()))
-    return worst, excess
+        diff = float(np.abs(got - ref).max())
+        worst = max(worst, diff)
+        scaled = max(scaled, diff / max(1.0, float(np.abs(ref).max())))
+    return worst, scaled
 
 
 def check_inputs(model: XVLM, graphs: dict[str, nn.Module], sizes: tuple[Sizes, ...] = CHECK_SIZES) -> list[tuple[Sizes, dict]]:
@@ -243,15 +244,15 @@ def check_graph(
     sess = session(path, threads)
     found = []
     for size, inputs in cases:
-        diff, excess = max_abs_diff(sess, graphs[name], inputs[name])
-        found.append({"sizes": size.__dict__, "max_abs": diff, "max_abs_minus_rtol": excess})
-        if not excess <= atol:
+        diff, scaled = max_abs_diff(sess, graphs[name], inputs[name])
+        found.append({"sizes": size.__dict__, "max_abs": diff, "max_abs_of_scale": scaled})
+        if not scaled <= atol:
             raise EngineError(
-                f"ONNX export of graph {name!r} differs from torch by {diff:.3g} (> {atol:g} + {FP32_RTOL:g} x |torch|) "
+                f"ONNX export of graph {name!r} differs from torch by {diff:.3g} (> {atol:g} x max(1, max|torch|)) "
                 f"at {size}; refusing to write it",
                 hint="this is an exporter bug for this graph; report it with the model config",
             )
-    return {"atol": atol, "rtol": FP32_RTOL, "max_abs": max(c["max_abs"] for c in found), "cases": found}
+    return {"atol": atol, "bound": "max|ort - torch| <= atol x max(1, max|torch|) per output", "max_abs": max(c["max_abs"] for c in found), "cases": found}
 
 
 def export_fp32(model: XVLM, out_dir: Path, graph_names: tuple[str, ...] | None = None, threads: int | None = None) -> dict[str, dict]:
@@ -273,7 +274,6 @@ def export_fp32(model: XVLM, out_dir: Path, graph_names: tuple[str, ...] | None 
 __all__ = [
     "CHECK_SIZES",
     "FP32_ATOL",
-    "FP32_RTOL",
     "OPSET",
     "TRACE_SIZES",
     "Sizes",
