@@ -8,6 +8,7 @@ see a backend's internals. `backend="auto"` is the only choice made for the call
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -35,6 +36,15 @@ BACKENDS = ("torch", "onnxruntime")
 PLANNED_BACKENDS = ("tensorrt",)
 #: fp16/bf16: torch on CUDA; int8: ONNX Runtime from an INT8 export.
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (exports and engines are checked against their manifests)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class Runtime(ABC):

@@ -11,7 +11,6 @@ The torch backend is the reference (STYLE rule 8): `tests/test_onnxruntime_backe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from xvlm_edge.errors import BackendUnavailableError, EngineError
-from xvlm_edge.runtime import Runtime
+from xvlm_edge.runtime import Runtime, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +43,6 @@ def require_onnxruntime():
     except ImportError as exc:
         raise BackendUnavailableError("backend 'onnxruntime' needs the onnxruntime package, which is not installed", hint=INSTALL_HINT) from exc
     return onnxruntime
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_manifest(directory: str | Path, *, verify: bool = True) -> dict[str, Any]:

@@ -17,7 +17,6 @@ hint; `read_engine_dir` still validates a directory (it needs no TensorRT).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 
 from xvlm_edge import _C
 from xvlm_edge.errors import BackendUnavailableError, EngineError
-from xvlm_edge.runtime import Runtime
+from xvlm_edge.runtime import Runtime, sha256_file
 
 INSTALL_HINT = (
     "rebuild xvlm_edge against TensorRT 10 or 11 on a CUDA machine: "
@@ -54,14 +53,6 @@ def require_tensorrt() -> None:
             "TensorRT runtime not compiled into xvlm_edge._C (CMake found no TensorRT when it was built)",
             hint=INSTALL_HINT,
         )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_engine_dir(path: str | Path) -> dict[str, _C.EngineManifest]:
