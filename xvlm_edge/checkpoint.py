@@ -22,7 +22,8 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -471,24 +472,32 @@ def _official_vocab(yaml: Mapping, root: Path) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def save(checkpoint: Checkpoint, directory: str | Path) -> Path:
-    """Write our format atomically: a sibling temp dir renamed over `directory` once complete."""
-    from safetensors.torch import save_model
-
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+@contextmanager
+def atomic_directory(final: str | Path) -> Iterator[Path]:
+    """A temp directory beside `final` to fill; renamed over `final` when the block ends, removed if it raises.
+    Readers see the old directory or the complete new one, never a half-written one."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        checkpoint.config.save(tmp / CONFIG_FILE)
-        save_model(checkpoint.model, str(tmp / WEIGHTS_FILE))
-        checkpoint.tokenizer.save(tmp / VOCAB_FILE)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return directory
+
+
+def save(checkpoint: Checkpoint, directory: str | Path) -> Path:
+    """Write our format atomically (`atomic_directory`)."""
+    from safetensors.torch import save_model
+
+    with atomic_directory(directory) as tmp:
+        checkpoint.config.save(tmp / CONFIG_FILE)
+        save_model(checkpoint.model, str(tmp / WEIGHTS_FILE))
+        checkpoint.tokenizer.save(tmp / VOCAB_FILE)
+    return Path(directory)
 
 
 def load_directory(directory: str | Path, *, weights: bool = True) -> Checkpoint:

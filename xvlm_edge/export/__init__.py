@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -89,7 +87,7 @@ def export_model(
     import torch
 
     from xvlm_edge.api import Model
-    from xvlm_edge.checkpoint import WEIGHTS_FILE, load_directory
+    from xvlm_edge.checkpoint import WEIGHTS_FILE, atomic_directory, load_directory
     from xvlm_edge.export import gate as gates
     from xvlm_edge.export.fp16 import FLOAT32_OPS, check_fp16, convert_to_fp16
     from xvlm_edge.export.onnx import OPSET, check_inputs, export_fp32, graph_axes
@@ -127,9 +125,7 @@ def export_model(
     model = checkpoint.model.eval()
     graphs = build_graphs(model)
     final = export_dir(model_dir, target, precision)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with atomic_directory(final) as tmp:
         fp32_dir = tmp if precision == "fp32" else tmp / "fp32"
         fp32_dir.mkdir(exist_ok=True)
         weights_sha = sha256_file(model_dir / WEIGHTS_FILE)
@@ -220,12 +216,6 @@ def export_model(
             if search_sensitive:
                 manifest["sensitivity_search"] = sensitivity
             _write_manifest(tmp / MANIFEST, manifest)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     log.info("wrote %s", final)
     manifest["directory"] = str(final)
     return manifest

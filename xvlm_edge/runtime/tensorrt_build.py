@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -33,6 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from xvlm_edge import _C
+from xvlm_edge.checkpoint import atomic_directory
 from xvlm_edge.config import ModelConfig
 from xvlm_edge.errors import EngineError, InputError
 from xvlm_edge.runtime.tensorrt import read_engine_dir, require_tensorrt, sha256_file
@@ -327,9 +325,7 @@ def build_engines(
     version = _C.tensorrt_version()
     graphs = list(manifest["graphs"])
     log.info("building %d TensorRT %s engines from %s (TensorRT %s)", len(graphs), manifest["precision"], export_dir, version)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with atomic_directory(final) as staging:
         cache = Path(timing_cache) if timing_cache is not None else staging / "timing.cache"
         cache.parent.mkdir(parents=True, exist_ok=True)
         for i, graph in enumerate(graphs, 1):
@@ -338,18 +334,12 @@ def build_engines(
             onnx_path = export_dir / manifest["graphs"][graph]["file"]
             spec = _C.EngineBuilder(str(onnx_path), str(engine), profiles[graph], str(cache)).build()
             engine_manifest = _C.EngineManifest(graph, engine.name, sha256_file(engine), version, manifest["precision"], spec)
-            _write_atomic(staging / f"{graph}.json", engine_manifest.to_json())
+            (staging / f"{graph}.json").write_text(engine_manifest.to_json())  # the directory is renamed in whole
             log.info(
                 "engine %d/%d %s: %.1f s, %.1f MB", i, len(graphs), graph, time.perf_counter() - started, engine.stat().st_size / 1e6
             )
         if timing_cache is None:
             cache.unlink(missing_ok=True)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.replace(final)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     log.info("wrote %s", final)
     return read_engine_dir(final)
 
@@ -367,16 +357,6 @@ def _check_replaceable(final: Path, export_dir: Path) -> None:
             raise InputError(
                 f"{final} exists and holds more than engines ({', '.join(others[:5])}); give an empty or engine directory"
             )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write, fsync, then rename: a reader sees the old file or the whole new one, never half of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 __all__ = [
