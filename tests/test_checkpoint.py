@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,14 +16,17 @@ from xvlm_edge.checkpoint import (
     Checkpoint,
     convert_official,
     detect_layout,
+    infer_config,
     interpolate_relative_position_table,
     load_directory,
     ours_to_official,
     read_official,
+    remap,
     save,
 )
 from xvlm_edge.config import LAYOUT_HEADS, ModelConfig, get_preset
 from xvlm_edge.errors import CheckpointError
+from xvlm_edge.models.swin import sincos_position_embedding
 from xvlm_edge.models.xvlm import XVLM
 from xvlm_edge.tokenizer import Tokenizer
 
@@ -181,3 +185,35 @@ def test_one_model_carries_every_head(reference_dir: Path) -> None:
     for key, value in source.model.state_dict().items():
         assert torch.equal(state[key], value), key
     assert torch.equal(state["caption_decoder.bert.encoder.layer.0.attention.self.query.weight"], state["text_encoder.encoder.layer.0.attention.self.query.weight"])
+
+
+def test_swin_ape_code_and_detection() -> None:
+    """Swin's optional absolute position embedding: a distinct sine-cosine code per patch, used by the forward,
+    detected from an official-layout state and carried by config.json; the other presets do not have it."""
+    assert get_preset("tiny").vision.ape and not get_preset("xvlm-base-16m-384").vision.ape
+    code = sincos_position_embedding(8, 16)
+    assert code.shape == (64, 16)
+    assert len({tuple(row.tolist()) for row in code}) == 64  # every patch tells where it is
+    assert torch.equal(code[:8, :8], code[:1, :8].expand(8, 8))  # the first half encodes the row only
+    torch.manual_seed(0)
+    config = get_preset("tiny", LAYOUT_HEADS["pretrain"])
+    model = XVLM(config).eval()
+    pixels = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        before = model.encode_image(pixels)
+        model.vision_encoder.absolute_pos_embed.zero_()
+        assert not torch.allclose(model.encode_image(pixels), before)
+    official = ours_to_official(model, "pretrain")
+    assert infer_config(official, "pretrain", {"image_res": 128}).vision.ape
+    del official["vision_encoder.absolute_pos_embed"]
+    assert not infer_config(official, "pretrain", {"image_res": 128}).vision.ape
+
+
+def test_swin_ape_follows_a_new_resolution() -> None:
+    """Remapping to another image size resamples the `ape` grid like CLIP's position embedding."""
+    source = get_preset("tiny")
+    target = dataclasses.replace(source, vision=dataclasses.replace(source.vision, image_res=192))
+    state = {"vision_encoder.absolute_pos_embed": sincos_position_embedding(32, 32)[None]}
+    remapped, transformed = remap(state, source, target)
+    assert transformed == ["vision_encoder.absolute_pos_embed"]
+    assert remapped["vision_encoder.absolute_pos_embed"].shape == (1, 48 * 48, 32)

@@ -20,6 +20,8 @@ import pytest
 import torch
 
 from training import train as T
+from xvlm_edge.config import get_preset
+from xvlm_edge.models.xvlm import XVLM
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--model.image_res=64", "--batch_size=8", "--region_batch_size=4", "--optim.warmup_steps=2",
@@ -91,6 +93,14 @@ def test_optimizer_groups_follow_the_official_split() -> None:
     assert "itm_head.0.weight" in by_group[2] and optimizer.param_groups[2]["lr_scale"] == 2.0
     assert "itm_head.0.bias" in by_group[3] and optimizer.param_groups[3]["weight_decay"] == 0.0
     assert sum(len(g) for g in by_group) == len(names)
+
+
+def test_temperature_is_clamped_to_the_official_range() -> None:
+    model = XVLM(get_preset("tiny"))
+    for value, expected in ((2.0, T.TEMP_RANGE[1]), (1e-5, T.TEMP_RANGE[0]), (0.07, 0.07)):
+        model.temp.data.fill_(value)
+        T.clamp_temperature(model)
+        assert model.temp.item() == pytest.approx(expected)
 
 
 def test_atomic_save_never_exposes_a_partial_file(tmp_path: Path) -> None:

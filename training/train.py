@@ -58,6 +58,7 @@ METRICS_FILE = "metrics.jsonl"
 #: checkpoint of that step (`model`: after the model directory, before the state; `state`: half-way
 #: through writing the state file), so tests can prove a kill during a save leaves the last checkpoint intact.
 FAULT_ENV = "XVLM_TRAIN_FAULT"
+TEMP_RANGE = (0.001, 0.5)  # the ITC temperature's bounds, official
 
 
 # -- the recipe: a typed dataclass tree --------------------------------------------------------------------
@@ -68,6 +69,7 @@ class ModelRecipe:
     preset: str = "tiny"
     heads: tuple[str, ...] = ("itc", "itm", "mlm", "bbox")
     image_res: int = 0  # 0: the preset's
+    init_std: float = 0.02  # BERT/Swin's N(0, 0.02) is sized for width 768; narrow models learn faster with more
 
 
 @dataclass
@@ -533,6 +535,13 @@ def split(batch: dict[str, torch.Tensor], chunks: int) -> list[dict[str, torch.T
     return out
 
 
+@torch.no_grad()
+def clamp_temperature(model: XVLM) -> None:
+    """Keep the learnable ITC temperature in the official range after every step (official `model_pretrain.py`)."""
+    if hasattr(model, "temp"):
+        model.temp.clamp_(*TEMP_RANGE)
+
+
 def optimizer_step(
     step_module: nn.Module, model: XVLM, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
     batch: dict[str, torch.Tensor], regions: bool, accum: int, lr: float, recipe: TrainRecipe, ctx: Dist, autocast,
@@ -558,6 +567,7 @@ def optimizer_step(
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    clamp_temperature(model)
     values = torch.stack(list(sums.values()))
     if ctx.world > 1:
         dist.all_reduce(values)
@@ -594,7 +604,7 @@ def train(recipe: TrainRecipe) -> Path:
     # Seeds: the model init is the same on every rank; the per-step randomness (hard negatives) is offset per rank.
     torch.manual_seed(recipe.seed)
     model = XVLM(config)
-    init_weights(model)
+    init_weights(model, recipe.model.init_std)
     model = model.to(ctx.device).train()
     seed = recipe.seed + ctx.rank
     random.seed(seed)

@@ -169,6 +169,7 @@ def _infer_swin(state: Mapping[str, torch.Tensor], yaml: Mapping, vision_json: M
         num_heads=tuple(t.shape[1] for t in tables),
         window_size=window,
         mlp_ratio=fc1.shape[0] / fc1.shape[1],
+        ape="vision_encoder.absolute_pos_embed" in state,
     )
 
 
@@ -301,6 +302,11 @@ def remap(state: dict[str, torch.Tensor], source: ModelConfig, target: ModelConf
         key = "vision_encoder.pos_embed.weight"
         state[key] = interpolate_position_embedding(state[key], target.vision.grid)
         transformed.append(key)
+    key = "vision_encoder.absolute_pos_embed"  # Swin's optional `ape`, one row per first-stage patch
+    if key in state and source.vision.image_res != target.vision.image_res:
+        side = target.vision.image_res // target.vision.patch_size
+        state[key] = interpolate_position_embedding(state[key][0], side, prefix_rows=0)[None]
+        transformed.append(key)
 
     heads = set(target.heads)
     fusion = source.text.fusion_layer
@@ -385,14 +391,15 @@ def interpolate_relative_position_table(table: torch.Tensor, dst_num_pos: int) -
     return torch.cat(heads, dim=-1)
 
 
-def interpolate_position_embedding(pos: torch.Tensor, grid: int) -> torch.Tensor:
-    """CLIP (1 + g^2, C) position embedding -> (1 + grid^2, C): bicubic, align_corners=False, class row kept."""
-    src = math.isqrt(pos.shape[0] - 1)
+def interpolate_position_embedding(pos: torch.Tensor, grid: int, prefix_rows: int = 1) -> torch.Tensor:
+    """(prefix + g^2, C) position embedding -> (prefix + grid^2, C): bicubic, align_corners=False, the
+    `prefix_rows` leading rows (CLIP's class row; none for Swin's `ape`) kept as they are."""
+    src = math.isqrt(pos.shape[0] - prefix_rows)
     if src == grid:
         return pos
-    patches = pos[1:].reshape(1, src, src, -1).permute(0, 3, 1, 2)  # (1, C, g, g)
+    patches = pos[prefix_rows:].reshape(1, src, src, -1).permute(0, 3, 1, 2)  # (1, C, g, g)
     patches = F.interpolate(patches.float(), size=(grid, grid), mode="bicubic", align_corners=False)
-    return torch.cat([pos[:1], patches.permute(0, 2, 3, 1).flatten(0, 2).to(pos.dtype)], dim=0)
+    return torch.cat([pos[:prefix_rows], patches.permute(0, 2, 3, 1).flatten(0, 2).to(pos.dtype)], dim=0)
 
 
 # -- building and loading ------------------------------------------------------------------------------

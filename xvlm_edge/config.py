@@ -42,6 +42,10 @@ class SwinConfig:
     window_size: int = 12
     mlp_ratio: float = 4.0
     layer_norm_eps: float = 1e-5
+    # Swin's optional absolute position embedding (`ape`), off in every official checkpoint. Relative biases
+    # alone leave the final patches with no idea where they are; a pretrained Swin learns it, a model trained
+    # from scratch on a CPU budget does not, and cannot regress a box without it.
+    ape: bool = False
 
     @property
     def width(self) -> int:
@@ -216,7 +220,7 @@ PRESETS: dict[str, ModelConfig] = {
     "clip-vit-b16": ModelConfig(vision=ClipVitConfig()),
     # A small model for the embedded default and for tests: same architecture, tiny widths.
     "tiny": ModelConfig(
-        vision=SwinConfig(image_res=128, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4),
+        vision=SwinConfig(image_res=128, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4, ape=True),
         text=TextConfig(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512, fusion_layer=2),
         embed_dim=64,
     ),

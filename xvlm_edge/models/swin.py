@@ -148,6 +148,20 @@ class PatchEmbed(nn.Module):
         return self.norm(self.proj(pixels).flatten(2).transpose(1, 2))  # (B, H*W, C)
 
 
+def sincos_position_embedding(side: int, dim: int) -> torch.Tensor:
+    """(side * side, dim) 2-D sine-cosine code of the patch grid, row-major: the first half of the channels
+    encodes the row, the second the column (MAE's). The learned `ape` starts here: from step 0 every patch
+    knows where it is, which a from-scratch box regression needs long before a random init learns it."""
+    if dim % 4:
+        raise ValueError(f"the sine-cosine position code needs channels divisible by 4, got {dim}")
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    pos = torch.arange(side, dtype=torch.float32)[:, None] * freqs  # (side, dim / 4)
+    code = torch.cat([pos.sin(), pos.cos()], dim=1)  # (side, dim / 2)
+    rows = code[:, None].expand(side, side, dim // 2)
+    cols = code[None, :].expand(side, side, dim // 2)
+    return torch.cat([rows, cols], dim=-1).reshape(side * side, dim)
+
+
 class SwinTransformer(nn.Module):
     """Pixels (B, 3, R, R) -> tokens (B, 1 + N, width): `[mean of patches, patches]` after the final norm."""
 
@@ -156,6 +170,8 @@ class SwinTransformer(nn.Module):
         self.config = config
         self.patch_embed = PatchEmbed(config)
         resolution = config.image_res // config.patch_size
+        if config.ape:
+            self.absolute_pos_embed = nn.Parameter(sincos_position_embedding(resolution, config.embed_dim)[None])
         last = len(config.depths) - 1
         stages = []
         for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads, strict=True)):
@@ -166,6 +182,8 @@ class SwinTransformer(nn.Module):
     def forward_patches(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, R, R) -> (B, N, width) final-grid patch tokens."""
         x = self.patch_embed(pixels)
+        if self.config.ape:
+            x = x + self.absolute_pos_embed
         for stage in self.layers:
             x = stage(x)
         return self.norm(x)
