@@ -69,7 +69,7 @@ class ModelRecipe:
     preset: str = "tiny"
     heads: tuple[str, ...] = ("itc", "itm", "mlm", "bbox")
     image_res: int = 0  # 0: the preset's
-    init_std: float = 0.02  # BERT/Swin's N(0, 0.02) is sized for width 768; narrow models learn faster with more
+    init_std: float = 0.02  # BERT/Swin's N(0, 0.02); training/README.md has what wider inits did to the tiny model
 
 
 @dataclass

@@ -43,8 +43,8 @@ class SwinConfig:
     mlp_ratio: float = 4.0
     layer_norm_eps: float = 1e-5
     # Swin's optional absolute position embedding (`ape`), off in every official checkpoint. Relative biases
-    # alone leave the final patches with no idea where they are; a pretrained Swin learns it, a model trained
-    # from scratch on a CPU budget does not, and cannot regress a box without it.
+    # alone leave the final patches with no idea where they are; a pretrained Swin has learned it, a model trained
+    # from scratch must learn it before it can regress a box.
     ape: bool = False
 
     @property
