@@ -162,6 +162,13 @@ def test_evaluate_reports_every_metric(reference_out: Path, synth: Path) -> None
     assert "skipped" in result["caption"] and "skipped" in result["vqa"]  # a pretraining checkpoint
 
 
+def test_vqa_exact_match_by_type() -> None:
+    from training.evaluate import exact_match_by_type
+
+    by_type = exact_match_by_type([True, False, True, True], ["count", "count", "colour", "count"])
+    assert by_type == {"colour": {"exact_match": 1.0, "questions": 1}, "count": {"exact_match": 2 / 3, "questions": 3}}
+
+
 def test_same_text_r1_counts_a_top_item_that_shares_the_text() -> None:
     from training.evaluate import same_text_r1
 

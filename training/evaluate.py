@@ -243,8 +243,18 @@ def evaluate(
             qa = qa[:vqa_questions] if vqa_questions else qa
             answers = api.answer([str(root / r["image"]) for r in qa], [r["question"] for r in qa])
             hits = [a.text.strip() in {x.strip().lower() for x in r["answer"]} for a, r in zip(answers, qa)]
-            result["vqa"] = {"exact_match": float(np.mean(hits)), "questions": len(qa)}
+            result["vqa"] = {"exact_match": float(np.mean(hits)), "questions": len(qa),
+                             "by_type": exact_match_by_type(hits, [r.get("type", "other") for r in qa])}
     return result
+
+
+def exact_match_by_type(hits: Sequence[bool], types: Sequence[str]) -> dict[str, dict[str, float]]:
+    """VQA exact match per question type (colour, count, shape, ...) and how many questions each has."""
+    out: dict[str, dict[str, float]] = {}
+    for kind in sorted(set(types)):
+        mine = [h for h, t in zip(hits, types) if t == kind]
+        out[kind] = {"exact_match": float(np.mean(mine)), "questions": len(mine)}
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
