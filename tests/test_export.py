@@ -38,7 +38,7 @@ from xvlm_edge.runtime.onnxruntime_backend import read_manifest, sha256_file
 FRESH_SIZES = (Sizes(images=5, rows=4, tokens=11, past=7, new=1), Sizes(images=1, rows=7, tokens=2, past=0, new=3))
 #: Random tiny weights make captions fragile (near-tied logits), so the gate is tested on the bbox model,
 #: whose metrics (vision cosine, grounding IoU) are continuous.
-GATE = Thresholds(vision_cosine=0.995, ground_iou=0.8)
+GATE = Thresholds(vision_cosine=0.998, ground_iou=0.8)  # tiny random model: good calibration 0.9992, a flat grey image 0.996
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -109,7 +109,7 @@ def test_qdq_structure_and_gate_record(bbox_dir: Path) -> None:
     assert manifest["graphs"]["text"]["int8_matmuls"] > 0 and manifest["graphs"]["fusion"]["int8_matmuls"] > 0
     accuracy = manifest["accuracy"]
     assert accuracy["passed"] and not accuracy["forced"]
-    assert accuracy["metrics"]["vision_cosine"] >= 0.995 and accuracy["metrics"]["ground_iou"] >= 0.8
+    assert accuracy["metrics"]["vision_cosine"] >= GATE.vision_cosine and accuracy["metrics"]["ground_iou"] >= 0.8
     assert {"itm_agreement", "itm_mean_abs_diff"} <= set(accuracy["metrics"])
 
 

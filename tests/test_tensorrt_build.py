@@ -32,8 +32,8 @@ from xvlm_edge.runtime.torch_backend import TorchRuntime
 from xvlm_edge.tasks.caption import generate_captions
 from xvlm_edge.tokenizer import Tokenizer
 
-#: Every head, so the export has every graph. Image side 64 keeps the export at seconds (1 + N = 5 tokens).
-IMAGE_RES = 64
+#: Every head, so the export has every graph. Image side 32 keeps the export at seconds (1 + N = 5 tokens).
+IMAGE_RES = 32
 IMAGE_TOKENS = 5
 DTYPE_NAMES = {v: k for k, v in trt_runtime.TORCH_DTYPES.items()}
 #: Limits small enough to run every graph at its max point on a CPU.
@@ -301,7 +301,7 @@ def test_a_manifest_that_disagrees_with_its_onnx_is_refused(export: Export) -> N
         tb.engine_profiles(manifest, tb.EngineLimits(), export.shapes)
     axes["text_ids"]["1"] = "tokens"
     manifest["graphs"]["vision"]["dynamic_axes"]["pixels"]["2"] = "height"
-    with pytest.raises(EngineError, match=r"input 'pixels' dim 2 is static \(64\) in the ONNX but the manifest names it axis 'height'"):
+    with pytest.raises(EngineError, match=rf"input 'pixels' dim 2 is static \({IMAGE_RES}\) in the ONNX but the manifest names it axis 'height'"):
         tb.engine_profiles(manifest, tb.EngineLimits(), export.shapes)
     with pytest.raises(EngineError, match="not one the TensorRT engine build knows"):
         tb.axis_ranges("caption_beam", tb.EngineLimits(), IMAGE_TOKENS)

@@ -218,9 +218,11 @@ PRESETS: dict[str, ModelConfig] = {
     "xvlm-base-16m-384": ModelConfig(vision=SwinConfig(image_res=384, window_size=12, **_SWIN_B)),
     # X-VLM base with the CLIP ViT-B/16 image encoder (configs/config_clipvitB.json).
     "clip-vit-b16": ModelConfig(vision=ClipVitConfig()),
-    # A small model for the embedded default and for tests: same architecture, tiny widths.
+    # A small model for the embedded default and for tests: same architecture, tiny widths. Swin-T's first three
+    # stages (2-2-6), not four: at 128 px the final grid is 8 x 8, so a 13-28 px object covers cells of its own
+    # instead of sharing a 32 px cell with its neighbours (training/README.md measures the difference).
     "tiny": ModelConfig(
-        vision=SwinConfig(image_res=128, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4, ape=True),
+        vision=SwinConfig(image_res=128, embed_dim=32, depths=(2, 2, 6), num_heads=(1, 2, 4), window_size=4, ape=True),
         text=TextConfig(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512, fusion_layer=2),
         embed_dim=64,
     ),
