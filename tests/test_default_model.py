@@ -51,8 +51,8 @@ def test_missing_default_model_is_a_clear_checkpoint_error(tmp_path: Path, monke
         xvlm_edge.load()
 
 
-#: The shipped model is under-trained (MODEL_CARD.md): it learned the domain's language but not yet to look, so
-#: it names shapes from the language prior and grounds every phrase to the middle of the image. These checks
+#: The shipped model is under-trained (MODEL_CARD.md): it learned colours and counts but not shapes, so it
+#: names shapes from the language prior, and it grounds every phrase near the middle of the image. These checks
 #: say what a good default model does; strict xfail turns them into failures the day they pass, so the mark
 #: goes once a better-trained model ships.
 UNDER_TRAINED = pytest.mark.xfail(strict=True, reason="the shipped model is under-trained (see MODEL_CARD.md)")
