@@ -14,6 +14,12 @@ K query rows (one per text or phrase), each bound to image `b = idx[k]` and to a
 This is `xvlm_edge.concepts.box_cross_attention(..., pooled=True)`, the oracle of every test. The
 reference adds -1e9 to masked scores, which underflows exp() to exactly 0, so excluding them is the
 same function. The full image (retrieval rerank, grounding's fusion layers) is the all-ones mask.
+Padded text rows are computed like any other row, as in the reference and the official BERT
+cross-attention, which mask keys, never queries.
+
+Like every module in `kernels/`, this one imports nothing from `xvlm_edge` (it ships inside it): bad
+input raises `ValueError`, a kernel that cannot run here raises `RuntimeError`, and `concepts.py`, the
+only caller, turns them into the package's errors.
 
 Why this kernel exists
 ----------------------
@@ -36,7 +42,6 @@ Forward, one program per (BLOCK_T rows of box k, head h); scores kept in log2 un
     s_pool /= n_k; vp = v_sum / n_k                       # the pooled token, added as one more key
     m_new = max(m, s_pool); alpha = exp2(m - m_new); beta = exp2(s_pool - m_new)
     O = (acc * alpha + beta * vp) / (l * alpha + beta); LSE = m_new + log2(l * alpha + beta)
-    rows whose text mask is 0 store O = 0
 
 Backward (FlashAttention-2 recomputation, plus the pooled token)
 ---------------------------------------------------------------
@@ -68,8 +73,6 @@ import torch
 import triton
 import triton.language as tl
 
-from xvlm_edge.errors import BackendUnavailableError, InputError
-
 from ._autotune import attention_configs, interpreting
 from .box_pool import checked_boxes
 
@@ -91,7 +94,6 @@ def _box_attn_fwd_kernel(
     Q, K, V,  # (K, H, T, d) queries; (B, H, N, d) per-image keys and values
     Idx,  # (K,) int64 image of each box
     Mask, Count,  # (K, N) int8 box masks; (K,) fp32 patches per box (>= 1)
-    TextMask,  # (K, T) int8 text padding mask (ignored unless HAS_TEXT_MASK)
     Out, Lse,  # (K, H, T, d) output; (K, H, T) fp32 row log2-sum-exp2
     # sizes
     H, T, N,
@@ -100,13 +102,11 @@ def _box_attn_fwd_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_mk, stride_mn,
-    stride_tk, stride_tt,
     stride_ok, stride_oh, stride_ot, stride_od,
     # scalars
     sm_scale,
     # meta-parameters
     HEAD_DIM: tl.constexpr,
-    HAS_TEXT_MASK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -167,10 +167,6 @@ def _box_attn_fwd_kernel(
     out = acc / l_i[:, None]
     lse = m_new + tl.log2(l_i)
 
-    if HAS_TEXT_MASK:
-        keep = tl.load(TextMask + box * stride_tk + offs_t * stride_tt, mask=row_ok, other=0) != 0
-        out = tl.where(keep[:, None], out, 0.0)
-
     o_ptrs = Out + box * stride_ok + head * stride_oh + offs_t[:, None] * stride_ot + offs_d[None, :] * stride_od
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     tl.store(Lse + (box * H + head) * T + offs_t, lse, mask=row_ok)
@@ -181,7 +177,7 @@ def _box_attn_fwd_kernel(
 def _box_attn_bwd_dq_kernel(
     # pointers
     Q, K, V, Out, dOut,  # (K, H, T, d) / (B, H, N, d) / (K, H, T, d) / (K, H, T, d)
-    Idx, Mask, Count, TextMask,  # as in the forward
+    Idx, Mask, Count,  # as in the forward
     Lse,  # (K, H, T) fp32 from the forward
     dQ,  # (K, H, T, d) output
     Delta, PPool, dSPool,  # (K, H, T) fp32 outputs for the dk/dv kernel: dO.O, P and dS of the pooled token
@@ -194,13 +190,11 @@ def _box_attn_bwd_dq_kernel(
     stride_ok, stride_oh, stride_ot, stride_od,
     stride_gk, stride_gh, stride_gt, stride_gd,  # dOut
     stride_mk, stride_mn,
-    stride_tk, stride_tt,
     stride_dqk, stride_dqh, stride_dqt, stride_dqd,
     # scalars
     sm_scale,
     # meta-parameters
     HEAD_DIM: tl.constexpr,
-    HAS_TEXT_MASK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -216,9 +210,6 @@ def _box_attn_bwd_dq_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     offs_nb = tl.arange(0, BLOCK_N)
     row_ok = offs_t < T
-    grad_rows = row_ok  # rows whose output gradient flows: padded text rows get none
-    if HAS_TEXT_MASK:
-        grad_rows = grad_rows & (tl.load(TextMask + box * stride_tk + offs_t * stride_tt, mask=row_ok, other=0) != 0)
 
     q = tl.load(
         Q + box * stride_qk + head * stride_qh + offs_t[:, None] * stride_qt + offs_d[None, :] * stride_qd,
@@ -230,7 +221,7 @@ def _box_attn_bwd_dq_kernel(
     )
     do = tl.load(
         dOut + box * stride_gk + head * stride_gh + offs_t[:, None] * stride_gt + offs_d[None, :] * stride_gd,
-        mask=grad_rows[:, None], other=0.0,
+        mask=row_ok[:, None], other=0.0,
     )
     row_stat = (box * H + head) * T + offs_t
     lse = tl.load(Lse + row_stat, mask=row_ok, other=0.0)
@@ -281,7 +272,7 @@ def _box_attn_bwd_dq_kernel(
 def _box_attn_bwd_dkdv_kernel(
     # pointers
     Q, K, V, dOut,  # (K, H, T, d) / (B, H, N, d) / (B, H, N, d) / (K, H, T, d)
-    Mask, Count, TextMask,  # as in the forward
+    Mask, Count,  # as in the forward
     Lse, Delta, PPool, dSPool,  # (K, H, T) fp32 row statistics from the forward and the dq kernel
     BoxOrder, ImgStart,  # (K,) int64 boxes sorted by image (stable); (B + 1,) int64 CSR offsets into it
     dK, dV,  # (splits, B, H, N, d) outputs: fp32 partial sums, or the final gradient when splits == 1
@@ -293,13 +284,11 @@ def _box_attn_bwd_dkdv_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_gk, stride_gh, stride_gt, stride_gd,  # dOut
     stride_mk, stride_mn,
-    stride_tk, stride_tt,
     stride_dks, stride_dkb, stride_dkh, stride_dkn, stride_dkd,  # dK and dV share one layout
     # scalars
     sm_scale,
     # meta-parameters
     HEAD_DIM: tl.constexpr,
-    HAS_TEXT_MASK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -344,14 +333,10 @@ def _box_attn_bwd_dkdv_kernel(
         for start_t in range(0, T, BLOCK_T):
             offs_t = start_t + offs_tb
             row_ok = offs_t < T
-            grad_rows = row_ok
-            if HAS_TEXT_MASK:
-                keep = tl.load(TextMask + box * stride_tk + offs_t * stride_tt, mask=row_ok, other=0) != 0
-                grad_rows = grad_rows & keep
             q_ptrs = q_base + offs_t[:, None] * stride_qt + offs_d[None, :] * stride_qd
             do_ptrs = do_base + offs_t[:, None] * stride_gt + offs_d[None, :] * stride_gd
             q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
-            do = tl.load(do_ptrs, mask=grad_rows[:, None], other=0.0)
+            do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
             lse = tl.load(Lse + stat_base + offs_t, mask=row_ok, other=0.0)
             delta = tl.load(Delta + stat_base + offs_t, mask=row_ok, other=0.0)
             p_pool = tl.load(PPool + stat_base + offs_t, mask=row_ok, other=0.0)
@@ -403,47 +388,40 @@ def _grid_keys(meta: dict, num_patches: int, num_images: int, num_heads: int, sp
 
 class _BoxCrossAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, idx, mask, count, text_mask):
+    def forward(ctx, q, k, v, idx, mask, count):
         num_boxes, num_heads, num_rows, head_dim = q.shape
         num_patches = k.shape[2]
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         lse = torch.empty((num_boxes, num_heads, num_rows), dtype=torch.float32, device=q.device)
-        has_text_mask = text_mask is not None
-        text = text_mask if has_text_mask else mask  # any int8 pointer; never read without HAS_TEXT_MASK
-        stride_tk, stride_tt = (text.stride(0), text.stride(1)) if has_text_mask else (0, 0)
         sm_scale = 1.0 / math.sqrt(head_dim)
         _box_attn_fwd_kernel[lambda meta: _grid_rows(meta, num_rows, num_boxes, num_heads)](
-            q, k, v, idx, mask, count, text, out, lse,
+            q, k, v, idx, mask, count, out, lse,
             num_heads, num_rows, num_patches,
-            *q.stride(), *k.stride(), *v.stride(), *mask.stride(), stride_tk, stride_tt, *out.stride(),
+            *q.stride(), *k.stride(), *v.stride(), *mask.stride(), *out.stride(),
             sm_scale,
-            HEAD_DIM=head_dim, HAS_TEXT_MASK=has_text_mask, DOT_PRECISION=_dot_precision(q.dtype),
+            HEAD_DIM=head_dim, DOT_PRECISION=_dot_precision(q.dtype),
         )
-        ctx.save_for_backward(q, k, v, out, lse, idx, mask, count, text_mask)
+        ctx.save_for_backward(q, k, v, out, lse, idx, mask, count)
         ctx.sm_scale = sm_scale
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        q, k, v, out, lse, idx, mask, count, text_mask = ctx.saved_tensors
+        q, k, v, out, lse, idx, mask, count = ctx.saved_tensors
         num_boxes, num_heads, num_rows, head_dim = q.shape
         num_images, _, num_patches, _ = k.shape
-        has_text_mask = text_mask is not None
-        text = text_mask if has_text_mask else mask
-        stride_tk, stride_tt = (text.stride(0), text.stride(1)) if has_text_mask else (0, 0)
         precision = _dot_precision(q.dtype)
 
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         stats = torch.empty((3, num_boxes, num_heads, num_rows), dtype=torch.float32, device=q.device)
         delta, p_pool, ds_pool = stats.unbind(0)
         _box_attn_bwd_dq_kernel[lambda meta: _grid_rows(meta, num_rows, num_boxes, num_heads)](
-            q, k, v, out, dout, idx, mask, count, text, lse, dq, delta, p_pool, ds_pool,
+            q, k, v, out, dout, idx, mask, count, lse, dq, delta, p_pool, ds_pool,
             num_heads, num_rows, num_patches,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *mask.stride(),
-            stride_tk, stride_tt, *dq.stride(),
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *mask.stride(), *dq.stride(),
             ctx.sm_scale,
-            HEAD_DIM=head_dim, HAS_TEXT_MASK=has_text_mask, DOT_PRECISION=precision,
+            HEAD_DIM=head_dim, DOT_PRECISION=precision,
         )
 
         # Boxes grouped by image in a fixed order: the dk/dv sums never depend on scheduling.
@@ -454,18 +432,17 @@ class _BoxCrossAttention(torch.autograd.Function):
         dkv = torch.empty((2, splits, *k.shape), dtype=grad_dtype, device=k.device)
         dk, dv = dkv.unbind(0)
         _box_attn_bwd_dkdv_kernel[lambda meta: _grid_keys(meta, num_patches, num_images, num_heads, splits)](
-            q, k, v, dout, mask, count, text, lse, delta, p_pool, ds_pool, order, img_start, dk, dv,
+            q, k, v, dout, mask, count, lse, delta, p_pool, ds_pool, order, img_start, dk, dv,
             num_heads, num_rows, num_patches, splits,
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *mask.stride(), stride_tk, stride_tt,
-            *dk.stride(),
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *mask.stride(), *dk.stride(),
             ctx.sm_scale,
-            HEAD_DIM=head_dim, HAS_TEXT_MASK=has_text_mask, DOT_PRECISION=precision,
+            HEAD_DIM=head_dim, DOT_PRECISION=precision,
         )
         if splits == 1:
             dk, dv = dk[0], dv[0]
         else:  # fp32 partials added in a fixed order, then rounded once
             dk, dv = dk.sum(0).to(k.dtype), dv.sum(0).to(v.dtype)
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None
 
 
 def box_cross_attention(
@@ -474,81 +451,84 @@ def box_cross_attention(
     v: torch.Tensor,
     idx_to_group_img: torch.Tensor | None,
     mask: torch.Tensor,
-    *,
-    text_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fused box cross-attention with the pooled token: the kernel behind `concepts.box_cross_attention(pooled=True)`.
 
     q: (K, H, T, d) text queries; k, v: (B, H, N, d) keys and values projected once per image;
-    `idx_to_group_img`: (K,) integer image of each query row (None: row k reads image k, so B == K);
-    mask: (K, N) box masks, nonzero where a patch is visible (bool, integer or 0/1 float; at least one
-    patch per box); text_mask: optional (K, T), 0 on padded text rows, whose outputs are 0 and which
-    pass no gradient. Any strides; d a power of two in [16, 128]; fp32, fp16 or bf16 (all the same).
-    Returns (K, H, T, d) in the input dtype; differentiable in q, k and v.
+    `idx_to_group_img`: (K,) integer image of each query row, or None when the rows are grouped by image
+    (image b owns rows b*r .. b*r + r - 1 with r = K / B, so K must be a multiple of B; r = 1: row k reads
+    image k), the same meaning as in the reference; mask: (K, N) box masks, nonzero where a patch is
+    visible (bool, integer or 0/1 float; at least one patch per box). Any strides; d a power of two in
+    [16, 128]; fp32, fp16 or bf16 (all the same). Returns (K, H, T, d) in the input dtype; differentiable
+    in q, k and v.
 
+    Raises ValueError for bad input and RuntimeError when the compiled kernel cannot run on these tensors.
     The reference weights patches by the mask values; this kernel reads the mask as 0/1. Checking the
     index range and the non-empty boxes costs one device synchronisation per call.
     """
-    idx, mask_i8, count, text_i8 = _validate(q, k, v, idx_to_group_img, mask, text_mask)
-    return _BoxCrossAttention.apply(q, k, v, idx, mask_i8, count, text_i8)
+    idx, mask_i8, count = _validate(q, k, v, idx_to_group_img, mask)
+    return _BoxCrossAttention.apply(q, k, v, idx, mask_i8, count)
 
 
-def _validate(q, k, v, idx, mask, text_mask):
-    """Check every input once and return (idx int64, mask int8, count fp32, text mask int8 or None)."""
+def _validate(q, k, v, idx, mask):
+    """Check every input once and return (idx int64, mask int8, count fp32)."""
     for name, t in (("q", q), ("k", k), ("v", v), ("mask", mask)):
         if not isinstance(t, torch.Tensor):
-            raise InputError(f"box_cross_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+            raise ValueError(f"box_cross_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise InputError(
+        raise ValueError(
             f"box_cross_attention: q must be (K, H, T, d) and k, v (B, H, N, d); got q {tuple(q.shape)}, "
             f"k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     num_boxes, num_heads, num_rows, head_dim = q.shape
     num_images, _, num_patches, _ = k.shape
     if k.shape != v.shape or k.shape[1] != num_heads or k.shape[3] != head_dim:
-        raise InputError(
+        raise ValueError(
             f"box_cross_attention: k and v must both be (B, {num_heads}, N, {head_dim}) to match q "
             f"{tuple(q.shape)}; got k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     if min(num_boxes, num_heads, num_rows, num_images, num_patches) == 0:
-        raise InputError(f"box_cross_attention: empty input, q {tuple(q.shape)}, k {tuple(k.shape)}")
+        raise ValueError(f"box_cross_attention: empty input, q {tuple(q.shape)}, k {tuple(k.shape)}")
     if head_dim not in _HEAD_DIMS:
-        raise InputError(f"box_cross_attention: head dim must be one of {_HEAD_DIMS}, got {head_dim}")
+        raise ValueError(f"box_cross_attention: head dim must be one of {_HEAD_DIMS}, got {head_dim}")
     if q.dtype not in _SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise InputError(
+        raise ValueError(
             f"box_cross_attention: q, k, v must share one dtype among fp32, fp16, bf16; got {q.dtype}, {k.dtype}, "
             f"{v.dtype}"
         )
     device = q.device
-    others = {"k": k, "v": v, "mask": mask, "idx_to_group_img": idx, "text_mask": text_mask}
-    for name, t in others.items():
+    for name, t in {"k": k, "v": v, "mask": mask, "idx_to_group_img": idx}.items():
         if t is not None and (not isinstance(t, torch.Tensor) or t.device != device):
-            raise InputError(f"box_cross_attention: {name} must be a tensor on {device} like q")
+            raise ValueError(f"box_cross_attention: {name} must be a tensor on {device} like q")
     if device.type != "cuda" and not _INTERPRETED:
-        raise BackendUnavailableError(
-            f"box_cross_attention: the Triton kernel needs CUDA tensors, got {device}",
-            hint="move the tensors to a GPU, or use the PyTorch reference (XVLM_EDGE_CONCEPTS=torch)",
+        raise RuntimeError(
+            f"box_cross_attention: the compiled Triton kernel needs CUDA tensors, got {device} "
+            "(TRITON_INTERPRET=1 runs it on CPU tensors)"
         )
     if mask.shape != (num_boxes, num_patches) or mask.is_complex():
-        raise InputError(
+        raise ValueError(
             f"box_cross_attention: mask must be ({num_boxes}, {num_patches}) real, got {tuple(mask.shape)}"
         )
-    if text_mask is not None and (text_mask.shape != (num_boxes, num_rows) or text_mask.is_complex()):
-        raise InputError(
-            f"box_cross_attention: text_mask must be ({num_boxes}, {num_rows}) real, got {tuple(text_mask.shape)}"
-        )
     if idx is None:
-        if num_images != num_boxes:
-            raise InputError(
-                f"box_cross_attention: idx_to_group_img=None means one image per query row, but there are "
-                f"{num_boxes} rows and {num_images} images"
-            )
-        idx = torch.arange(num_boxes, device=device)
+        idx = _grouped_index(num_boxes, num_images, device)
     elif idx.shape != (num_boxes,) or idx.dtype.is_floating_point or idx.is_complex() or idx.dtype == torch.bool:
-        raise InputError(
+        raise ValueError(
             f"box_cross_attention: idx_to_group_img must be a ({num_boxes},) integer tensor, got "
             f"{tuple(idx.shape)} {idx.dtype}"
         )
     idx, visible, count = checked_boxes("box_cross_attention", idx, mask, num_images)
-    text_i8 = None if text_mask is None else (text_mask != 0).to(torch.int8)
-    return idx, visible.to(torch.int8), count, text_i8
+    return idx, visible.to(torch.int8), count
+
+
+def _grouped_index(num_rows: int, num_images: int, device: torch.device) -> torch.Tensor:
+    """What `idx_to_group_img=None` means: rows grouped by image, image b owning rows b*r .. b*r + r - 1.
+
+    A decoder's beams and VQA's candidate answers come in this layout. The reference in `concepts` applies
+    the same rule (it cannot import this module without Triton); tests/test_kernels.py checks they agree.
+    """
+    if num_rows % num_images:
+        raise ValueError(
+            f"box_cross_attention: idx_to_group_img=None groups the query rows by image, but {num_rows} rows "
+            f"cannot be split evenly over {num_images} images (give an index instead)"
+        )
+    return torch.arange(num_images, device=device).repeat_interleave(num_rows // num_images)  # (K,)

@@ -8,7 +8,9 @@ K boxes over B images. Box k lies on image `b = idx[k]` and covers the patches w
     out_k = (1/n_k) sum_j m_kj x_{b, j}                       (K, D)  the concept embedding
     dx_{b, j} = sum_{k: idx_k = b} (m_kj / n_k) dout_k         (B, N, D)
 
-This is `xvlm_edge.concepts.box_pool`, the oracle of the tests.
+This is `xvlm_edge.concepts.box_pool`, the oracle of the tests. Like every module in `kernels/`, this one
+imports nothing from `xvlm_edge` (it ships inside it): bad input raises `ValueError`, a kernel that cannot
+run here raises `RuntimeError`, and `concepts.py`, the only caller, turns them into the package's errors.
 
 Forward, one program per (box k, BLOCK_D columns)
 ------------------------------------------------
@@ -32,8 +34,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from xvlm_edge.errors import BackendUnavailableError, InputError
 
 from ._autotune import interpreting
 
@@ -170,28 +170,28 @@ def box_pool(patches: torch.Tensor, idx_to_group_img: torch.Tensor, patch_mask: 
     index range and the non-empty boxes costs one device synchronisation per call.
     """
     if not all(isinstance(t, torch.Tensor) for t in (patches, idx_to_group_img, patch_mask)):
-        raise InputError("box_pool: patches, idx_to_group_img and patch_mask must be torch.Tensors")
+        raise ValueError("box_pool: patches, idx_to_group_img and patch_mask must be torch.Tensors")
     if patches.ndim != 3 or patches.dtype not in _SUPPORTED_DTYPES:
-        raise InputError(
+        raise ValueError(
             f"box_pool: patches must be (B, N, D) fp32/fp16/bf16, got {tuple(patches.shape)} {patches.dtype}"
         )
     num_images, num_patches, dim = patches.shape
     idx, mask = idx_to_group_img, patch_mask
     if idx.ndim != 1 or idx.dtype.is_floating_point or idx.is_complex() or idx.dtype == torch.bool:
-        raise InputError(
+        raise ValueError(
             f"box_pool: idx_to_group_img must be a (K,) integer tensor, got {tuple(idx.shape)} {idx.dtype}"
         )
     num_boxes = idx.shape[0]
     if mask.shape != (num_boxes, num_patches) or mask.is_complex():
-        raise InputError(f"box_pool: patch_mask must be ({num_boxes}, {num_patches}) real, got {tuple(mask.shape)}")
+        raise ValueError(f"box_pool: patch_mask must be ({num_boxes}, {num_patches}) real, got {tuple(mask.shape)}")
     if min(num_images, num_patches, dim, num_boxes) == 0:
-        raise InputError(f"box_pool: empty input, patches {tuple(patches.shape)}, {num_boxes} boxes")
+        raise ValueError(f"box_pool: empty input, patches {tuple(patches.shape)}, {num_boxes} boxes")
     if idx.device != patches.device or mask.device != patches.device:
-        raise InputError(f"box_pool: idx_to_group_img and patch_mask must be on {patches.device} like patches")
+        raise ValueError(f"box_pool: idx_to_group_img and patch_mask must be on {patches.device} like patches")
     if patches.device.type != "cuda" and not _INTERPRETED:
-        raise BackendUnavailableError(
-            f"box_pool: the Triton kernel needs CUDA tensors, got {patches.device}",
-            hint="move the tensors to a GPU, or use the PyTorch reference (XVLM_EDGE_CONCEPTS=torch)",
+        raise RuntimeError(
+            f"box_pool: the compiled Triton kernel needs CUDA tensors, got {patches.device} "
+            "(TRITON_INTERPRET=1 runs it on CPU tensors)"
         )
     idx, visible, count = checked_boxes("box_pool", idx, mask, num_images)
     return _BoxPool.apply(patches, idx, visible.to(torch.int8), count)
@@ -208,6 +208,6 @@ def checked_boxes(op: str, idx: torch.Tensor, mask: torch.Tensor, num_images: in
     out_of_range = (idx < 0) | (idx >= num_images)
     if (out_of_range.any() | (count == 0).any()).item():
         if out_of_range.any():
-            raise InputError(f"{op}: idx_to_group_img values must lie in [0, {num_images})")
-        raise InputError(f"{op}: every box must cover at least one patch (an empty box has no mean)")
+            raise ValueError(f"{op}: idx_to_group_img values must lie in [0, {num_images})")
+        raise ValueError(f"{op}: every box must cover at least one patch (an empty box has no mean)")
     return idx, visible, count

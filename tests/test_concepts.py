@@ -74,3 +74,18 @@ def test_cross_attention_with_kv_once_equals_official_copies() -> None:
     per_image = lambda proj: proj(patches).view(num_images, -1, heads, dim).transpose(1, 2)  # noqa: E731
     ours = box_cross_attention(q, per_image(key), per_image(value), idx, mask, pooled=True)
     torch.testing.assert_close(ours, official, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+def test_none_index_means_rows_grouped_by_image(pooled: bool) -> None:
+    """idx_to_group_img=None: image b owns rows b*r .. b*r + r - 1 (r = K / B), with or without the pooled token."""
+    torch.manual_seed(0)
+    q = torch.randn(6, 2, 3, 4, dtype=torch.float64)
+    k, v = torch.randn(2, 2, 5, 4, dtype=torch.float64), torch.randn(2, 2, 5, 4, dtype=torch.float64)
+    mask = (torch.rand(6, 5) > 0.5).long()
+    mask[:, 0] = 1
+    grouped = box_cross_attention(q, k, v, None, mask, pooled=pooled)
+    explicit = box_cross_attention(q, k, v, torch.tensor([0, 0, 0, 1, 1, 1]), mask, pooled=pooled)
+    torch.testing.assert_close(grouped, explicit, rtol=0, atol=1e-12)
+    with pytest.raises(InputError, match="5 rows cannot be split evenly over 2 images"):
+        box_cross_attention(q[:5], k, v, None, mask[:5], pooled=pooled)

@@ -63,21 +63,16 @@ def _reference_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(concepts.BACKEND_ENV, "torch")
 
 
-def _reference_attention(q, k, v, idx, mask, text_mask):
-    """concepts.box_cross_attention in fp32, with padded text rows zeroed (the reference has no text mask)."""
-    out = concepts.box_cross_attention(q.float(), k.float(), v.float(), idx, mask, pooled=True)
-    if text_mask is not None:
-        out = out * text_mask.to(out.dtype)[:, None, :, None]
-    return out
+def _check_attention(q, k, v, idx, mask):
+    """Kernel vs reference (concepts.box_cross_attention in fp32): output, dq, dk, dv.
 
-
-def _check_attention(q, k, v, idx, mask, text_mask=None):
-    """Kernel vs reference: output, dq, dk, dv. Returns the kernel's (out, dq, dk, dv)."""
+    Returns the kernel's (out, dq, dk, dv).
+    """
     tol = TOL[q.dtype]
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
     ref_leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
-    out = kernels.box_cross_attention(*leaves, idx, mask, text_mask=text_mask)
-    ref = _reference_attention(*ref_leaves, idx, mask, text_mask)
+    out = kernels.box_cross_attention(*leaves, idx, mask)
+    ref = concepts.box_cross_attention(*ref_leaves, idx, mask, pooled=True)
     assert out.dtype == q.dtype and out.shape == q.shape
     torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
 
@@ -133,17 +128,12 @@ def test_attention_ragged_boxes_and_an_image_without_boxes(dtype: torch.dtype) -
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_attention_grid_boxes_with_padded_text(dtype: torch.dtype) -> None:
-    """Masks from the official floor/ceil rule (corners, borders, full image); padded text rows give zeros."""
+def test_attention_grid_boxes(dtype: torch.dtype) -> None:
+    """Masks from the official floor/ceil rule: one-patch corners, border strips, the full image."""
     mask = _grid_masks()  # (6, 26) int64
     (q, k, v), _ = _inputs(6, 2, 2, 13, 26, 32, dtype, seed=1)
     idx = torch.tensor([1, 0, 1, 1, 0, 0], device=DEVICE)
-    lengths = torch.tensor([13, 5, 1, 9, 13, 12])
-    text_mask = (torch.arange(13)[None] < lengths[:, None]).to(DEVICE)  # (6, 13) bool
-    out, dq, _, _ = _check_attention(q, k, v, idx, mask.to(DEVICE), text_mask)
-    padded = ~text_mask
-    assert not out.permute(0, 2, 1, 3)[padded].any()
-    assert not dq.permute(0, 2, 1, 3)[padded].any()
+    _check_attention(q, k, v, idx, mask.to(DEVICE))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -152,6 +142,31 @@ def test_attention_full_image_with_identity_index(dtype: torch.dtype) -> None:
     (q, k, v), _ = _inputs(3, 3, 1, 7, 10, 64, dtype, seed=2)
     mask = torch.ones(3, 10, dtype=torch.bool, device=DEVICE)
     _check_attention(q, k, v, None, mask)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_none_index_groups_rows_by_image(dtype: torch.dtype) -> None:
+    """idx None with 6 rows over 2 images: kernel and reference both read rows 0-2 on image 0, 3-5 on image 1."""
+    (q, k, v), g = _inputs(6, 2, 2, 5, 11, 16, dtype, seed=10)
+    mask = _random_masks(6, 11, g).to(DEVICE)
+    got = _check_attention(q, k, v, None, mask)
+    explicit = torch.tensor([0, 0, 0, 1, 1, 1], device=DEVICE)
+    for a, b in zip(got, _check_attention(q, k, v, explicit, mask)):
+        assert torch.equal(a, b)  # None is exactly the grouped index, not merely close to it
+
+
+def test_none_index_that_does_not_group_is_refused_alike() -> None:
+    """5 rows over 2 images cannot be grouped: the kernel says ValueError, concepts (either path) InputError."""
+    (q, k, v), _ = _inputs(5, 2, 1, 3, 4, 16, torch.float32)
+    mask = torch.ones(5, 4, device=DEVICE)
+    message = "idx_to_group_img=None groups the query rows by image, but 5 rows cannot be split evenly over 2"
+    with pytest.raises(ValueError, match=message) as kernel_error:
+        kernels.box_cross_attention(q, k, v, None, mask)
+    assert type(kernel_error.value) is ValueError
+    with pytest.raises(InputError, match=message):
+        concepts.box_cross_attention(q, k, v, None, mask, pooled=True)  # the reference (fixture forces torch)
+    with pytest.raises(InputError, match=message):
+        concepts.box_cross_attention(q, k, v, None, mask, pooled=False)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -186,11 +201,10 @@ def test_attention_accepts_strided_views() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_attention_region_pretraining_layout(dtype: torch.dtype) -> None:
-    """The X-VLM layout at reduced width: N = 1 + 144, T = 40, d = 64, text padding."""
+    """The X-VLM layout at reduced width: N = 1 + 144, T = 40, d = 64."""
     (q, k, v), g = _inputs(4, 2, 2, 40, 145, 64, dtype, seed=5)
     idx = torch.tensor([0, 1, 1, 0], device=DEVICE)
-    text_mask = (torch.arange(40)[None] < torch.tensor([40, 31, 12, 25])[:, None]).to(DEVICE)
-    _check_attention(q, k, v, idx, _random_masks(4, 145, g).to(DEVICE), text_mask)
+    _check_attention(q, k, v, idx, _random_masks(4, 145, g).to(DEVICE))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -285,20 +299,38 @@ BAD_ATTENTION_INPUTS = {
     "idx_float": lambda a: {**a, "idx": a["idx"].float()},
     "idx_out_of_range": lambda a: {**a, "idx": torch.tensor([0, 1])},
     "idx_negative": lambda a: {**a, "idx": torch.tensor([0, -1])},
-    "idx_none_needs_one_image_per_row": lambda a: {**a, "idx": None},
+    "idx_none_rows_not_grouped": lambda a: {**a, "k": a["k"].expand(3, 1, 4, 16), "v": a["v"].expand(3, 1, 4, 16),
+                                            "idx": None},
     "empty_box": lambda a: {**a, "mask": torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]])},
-    "text_mask_shape": lambda a: {**a, "text_mask": torch.ones(2, 4)},
     "empty_rows": lambda a: {**a, "q": a["q"][:, :, :0]},
 }
 
 
-@pytest.mark.parametrize("case", BAD_ATTENTION_INPUTS)
-def test_attention_rejects_bad_input(case: str) -> None:
+def _bad_attention_args(case: str) -> tuple:
     args = BAD_ATTENTION_INPUTS[case](_valid())
     args = {key: (t.to(DEVICE) if isinstance(t, torch.Tensor) else t) for key, t in args.items()}
-    text_mask = args.pop("text_mask", None)
-    with pytest.raises(InputError):
-        kernels.box_cross_attention(args["q"], args["k"], args["v"], args["idx"], args["mask"], text_mask=text_mask)
+    return args["q"], args["k"], args["v"], args["idx"], args["mask"]
+
+
+@pytest.mark.parametrize("case", BAD_ATTENTION_INPUTS)
+def test_attention_rejects_bad_input(case: str) -> None:
+    """The kernel wrapper raises a plain ValueError naming the op: kernels/ knows nothing of xvlm_edge.errors."""
+    with pytest.raises(ValueError, match="^box_cross_attention: ") as error:
+        kernels.box_cross_attention(*_bad_attention_args(case))
+    assert type(error.value) is ValueError
+
+
+@pytest.mark.parametrize("case", BAD_ATTENTION_INPUTS)
+def test_concepts_translates_bad_attention_input(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through concepts (the boundary) the same message arrives as InputError, chained to the kernel's error."""
+    args = _bad_attention_args(case)
+    with pytest.raises(ValueError) as kernel_error:
+        kernels.box_cross_attention(*args)
+    monkeypatch.setenv(concepts.BACKEND_ENV, "triton")
+    with pytest.raises(InputError) as error:
+        concepts.box_cross_attention(*args, pooled=True)
+    assert str(error.value) == str(kernel_error.value)
+    assert type(error.value.__cause__) is ValueError
 
 
 BAD_POOL_INPUTS = {
@@ -311,25 +343,54 @@ BAD_POOL_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("case", BAD_POOL_INPUTS)
-def test_box_pool_rejects_bad_input(case: str) -> None:
+def _bad_pool_args(case: str) -> tuple:
     patches = torch.randn(2, 5, 8, device=DEVICE)
     idx = torch.tensor([0, 1, 1], device=DEVICE)
     mask = torch.ones(3, 5, dtype=torch.bool, device=DEVICE)
-    with pytest.raises(InputError):
-        kernels.box_pool(*BAD_POOL_INPUTS[case](patches, idx, mask))
+    return BAD_POOL_INPUTS[case](patches, idx, mask)
+
+
+@pytest.mark.parametrize("case", BAD_POOL_INPUTS)
+def test_box_pool_rejects_bad_input(case: str) -> None:
+    with pytest.raises(ValueError, match="^box_pool: ") as error:
+        kernels.box_pool(*_bad_pool_args(case))
+    assert type(error.value) is ValueError
+
+
+@pytest.mark.parametrize("case", BAD_POOL_INPUTS)
+def test_concepts_translates_bad_pool_input(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = _bad_pool_args(case)
+    with pytest.raises(ValueError) as kernel_error:
+        kernels.box_pool(*args)
+    monkeypatch.setenv(concepts.BACKEND_ENV, "triton")
+    with pytest.raises(InputError) as error:
+        concepts.box_pool(*args)
+    assert str(error.value) == str(kernel_error.value)
+    assert type(error.value.__cause__) is ValueError
 
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Compiled kernels cannot read CPU tensors: say so with a typed error instead of a Triton crash."""
+    """Compiled kernels cannot read CPU tensors: a RuntimeError before any launch, BackendUnavailableError via concepts."""
     args = _valid()
     args = {key: t.cpu() for key, t in args.items()}
+    attention = (args["q"], args["k"], args["v"], args["idx"], args["mask"])
+    pool = (args["k"][:, 0], args["idx"], args["mask"])
     monkeypatch.setattr(attention_module, "_INTERPRETED", False)
     monkeypatch.setattr(importlib.import_module("xvlm_edge.kernels.box_pool"), "_INTERPRETED", False)
-    with pytest.raises(BackendUnavailableError):
-        kernels.box_cross_attention(args["q"], args["k"], args["v"], args["idx"], args["mask"])
-    with pytest.raises(BackendUnavailableError):
-        kernels.box_pool(args["k"][:, 0], args["idx"], args["mask"])
+    with pytest.raises(RuntimeError, match="needs CUDA tensors") as error:
+        kernels.box_cross_attention(*attention)
+    assert type(error.value) is RuntimeError
+    with pytest.raises(RuntimeError, match="needs CUDA tensors") as error:
+        kernels.box_pool(*pool)
+    assert type(error.value) is RuntimeError
+
+    monkeypatch.setenv(concepts.BACKEND_ENV, "triton")
+    with pytest.raises(BackendUnavailableError, match="box_cross_attention: .*needs CUDA tensors") as error:
+        concepts.box_cross_attention(*attention, pooled=True)
+    assert type(error.value.__cause__) is RuntimeError and concepts.BACKEND_ENV in error.value.hint
+    with pytest.raises(BackendUnavailableError, match="box_pool: .*needs CUDA tensors") as error:
+        concepts.box_pool(*pool)
+    assert type(error.value.__cause__) is RuntimeError
 
 
 gpu_only = pytest.mark.skipif(
@@ -345,8 +406,7 @@ def test_attention_bf16_on_gpu(head_dim: int) -> None:
     """bf16 against the fp32 reference on the same values; the interpreter's bf16 dots cannot be trusted."""
     (q, k, v), g = _inputs(6, 2, 3, 40, 145, head_dim, torch.bfloat16, seed=8)
     idx = torch.tensor([0, 1, 1, 0, 1, 1], device=DEVICE)
-    text_mask = (torch.arange(40)[None] < torch.tensor([40, 31, 12, 25, 1, 39])[:, None]).to(DEVICE)
-    _check_attention(q, k, v, idx, _random_masks(6, 145, g).to(DEVICE), text_mask)
+    _check_attention(q, k, v, idx, _random_masks(6, 145, g).to(DEVICE))
 
 
 @pytest.mark.gpu
@@ -379,13 +439,13 @@ from triton.compiler import ASTSource
 dtype = sys.argv[1]
 attention = importlib.import_module("xvlm_edge.kernels.box_cross_attention")
 pool = importlib.import_module("xvlm_edge.kernels.box_pool")
-tiles = {"HEAD_DIM": 64, "HAS_TEXT_MASK": True, "DOT_PRECISION": "ieee" if dtype == "fp32" else "tf32",
+tiles = {"HEAD_DIM": 64, "DOT_PRECISION": "ieee" if dtype == "fp32" else "tf32",
          "BLOCK_T": 32, "BLOCK_N": 32}
 cases = [(k, tiles) for k in (attention._box_attn_fwd_kernel, attention._box_attn_bwd_dq_kernel,
                               attention._box_attn_bwd_dkdv_kernel)]
 cases += [(k, {"BLOCK_N": 32, "BLOCK_D": 128}) for k in (pool._box_pool_fwd_kernel, pool._box_pool_bwd_kernel)]
 data = {"Q", "K", "V", "Out", "dOut", "dQ", "dK", "dV", "Patches", "dPatches"}
-types = {**dict.fromkeys(("Idx", "BoxOrder", "ImgStart"), "*i64"), **dict.fromkeys(("Mask", "TextMask"), "*i8"),
+types = {**dict.fromkeys(("Idx", "BoxOrder", "ImgStart"), "*i64"), "Mask": "*i8",
          **dict.fromkeys(("Count", "Lse", "Delta", "PPool", "dSPool"), "*fp32"), "sm_scale": "fp32"}
 for kernel, constexprs in cases:
     fn = kernel

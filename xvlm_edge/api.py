@@ -19,10 +19,10 @@ import torch
 from xvlm_edge.checkpoint import Checkpoint
 from xvlm_edge.config import LAYOUT_HEADS, ModelConfig
 from xvlm_edge.errors import BackendUnavailableError, CheckpointError, InputError
-from xvlm_edge.graphs import ImageEncoding
+from xvlm_edge.graphs import IMAGE_CHUNK, ImageEncoding
 from xvlm_edge.models.xvlm import XVLM
 from xvlm_edge.preprocess import load_image, to_pixel_values
-from xvlm_edge.runtime import Runtime, create_runtime
+from xvlm_edge.runtime import EXPORTED_PRECISIONS, Runtime, create_runtime
 from xvlm_edge.tasks.caption import Caption, generate_captions
 from xvlm_edge.tasks.ground import Box, ground_phrases
 from xvlm_edge.tasks.match import Verdict, match_probabilities, verdicts
@@ -44,9 +44,6 @@ TASK_HEADS: dict[str, tuple[str, ...]] = {
     "answer": ("vqa",),
     "nlvr": ("nlvr",),
 }
-
-#: Images encoded per vision call: bounds memory on big folders.
-IMAGE_CHUNK = 16
 
 
 @dataclass
@@ -275,7 +272,7 @@ def load(
     from xvlm_edge.checkpoint import load_directory
 
     model_dir = Path(path) if Path(path).is_dir() else None
-    if backend == "onnxruntime" and model_dir is not None:  # the export is the model: no PyTorch weights in memory
+    if backend in EXPORTED_PRECISIONS and model_dir is not None:  # the export is the model: no PyTorch weights in memory
         checkpoint = load_directory(model_dir, weights=False)
     else:
         checkpoint = load_checkpoint(path)

@@ -16,14 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import pickle
 import re
-import shutil
-import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +28,7 @@ import torch.nn.functional as F
 
 from xvlm_edge.config import LAYOUT_HEADS, ClipVitConfig, ModelConfig, SwinConfig, TextConfig, tasks_from_yaml
 from xvlm_edge.errors import CheckpointError
+from xvlm_edge.files import atomic_directory
 from xvlm_edge.models.xvlm import XVLM
 from xvlm_edge.tokenizer import Tokenizer
 
@@ -477,23 +474,6 @@ def _official_vocab(yaml: Mapping, root: Path) -> Path | None:
     ref = yaml.get("text_encoder")
     path = _resolve_ref(f"{ref}/vocab.txt", root) if ref else None
     return path if path is not None and path.is_file() else None
-
-
-@contextmanager
-def atomic_directory(final: str | Path) -> Iterator[Path]:
-    """A temp directory beside `final` to fill; renamed over `final` when the block ends, removed if it raises.
-    Readers see the old directory or the complete new one, never a half-written one."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def save(checkpoint: Checkpoint, directory: str | Path) -> Path:

@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from xvlm_edge.errors import CheckpointError, InputError, XVLMEdgeError
@@ -261,42 +262,52 @@ def cmd_export(args: argparse.Namespace) -> None:
     from xvlm_edge.export.gate import Thresholds
 
     thresholds = Thresholds() if args.min_caption_agreement is None else Thresholds(caption_agreement=args.min_caption_agreement)
+    reduce_range = {"auto": None, "on": True, "off": False}[args.reduce_range]
     manifest = export_model(
         args.model_dir, args.precision, args.target, calibration=args.calibration, eval_images=args.eval_images,
-        thresholds=thresholds, force=args.force, exclude=args.exclude, keep_fp32=args.keep_fp32 or (),
-        search_sensitive=args.sensitive_search, threads=args.threads,
+        thresholds=thresholds, force=args.force, strict=args.strict, exclude=args.exclude, keep_fp32=args.keep_fp32 or (),
+        sensitivity_budget=args.sensitive_search, reduce_range=reduce_range, threads=args.threads, progress=not args.json,
     )  # fmt: skip
-    graphs = manifest["graphs"]
-    lines = [f"exported {len(graphs)} graphs ({args.target}, {args.precision}) -> {manifest['directory']}"]
-    for name, entry in graphs.items():
-        parity = manifest["parity_fp32_vs_torch"][name]["max_abs"]
-        line = f"  {name:18s} {entry['bytes'] / 2**20:8.2f} MiB  fp32 max|ort - torch| {parity:.1e}"
-        fp16 = manifest.get("parity_fp16_vs_torch", {}).get(name)
+    from xvlm_edge.manifest import export_dir
+
+    directory = export_dir(args.model_dir, args.target, args.precision)
+    lines = [f"exported {len(manifest.graphs)} graphs ({args.target}, {args.precision}) -> {directory}"]
+    parity = manifest.parity
+    for name, entry in manifest.graphs.items():
+        line = f"  {name:18s} {entry.bytes / 2**20:8.2f} MiB  fp32 max|ort - torch| {parity['fp32_vs_torch'][name]['max_abs']:.1e}"
+        fp16 = parity.get("fp16_vs_torch", {}).get(name)
         if fp16 is not None:
             line += f"  fp16 max|ort - torch| {fp16['max_abs']:.1e}" if fp16["checked"] else "  fp16 not checked (ONNX Runtime CPU cannot run it)"
-        lines.append(f"{line}  {entry['quantization']}")
-    for name, search in manifest.get("sensitivity_search", {}).items():
-        before, after = max(search["error_before"].values()), max(search["error_after"].values())
-        lines.append(f"  sensitivity {name}: error {before:.2e} -> {after:.2e}, kept float: {', '.join(search['kept_float']) or 'none'}")
-    accuracy = manifest["accuracy"]
+        lines.append(f"{line}  {entry.quantization}")
+    quantization = manifest.quantization
+    if "plan" in quantization:
+        lines.append(f"  int8 plan found in {quantization['search_seconds']:.0f} s, {len(quantization['trials'])} trials; "
+                     f"reduce_range {quantization['reduce_range']} ({quantization['reduce_range_source']})")  # fmt: skip
+        lines += [f"    {graph:18s} {_kept(step)}: {step['reason']}" for graph, step in quantization["plan"].items() if _kept(step)]
+    accuracy = manifest.accuracy
     if "metrics" in accuracy:
         verdict = "passed" if accuracy["passed"] else "FAILED (forced)"
         lines.append(f"  accuracy gate {verdict}: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy["metrics"].items()))
-    keys = ("directory", "target", "precision", "opset", "graphs", "parity_fp32_vs_torch", "parity_fp16_vs_torch", "sensitivity_search", "accuracy")
-    summary = {k: manifest[k] for k in keys if k in manifest}
+    summary = {"directory": str(directory), **asdict(manifest)}
     if args.target == "tensorrt":
-        summary["engines"] = _build_engines(Path(manifest["directory"]), lines)
+        summary["engines"] = _build_engines(directory, lines)
     _emit(args, summary, "\n".join(lines))
+
+
+def _kept(step: dict) -> str:
+    """What an INT8 plan's step left in float, or '' when nothing."""
+    if step["option"] == "float":
+        return "kept float"
+    return f"{len(step['kept_float'])} MatMuls kept float" if step["kept_float"] else ""
 
 
 def _build_engines(export: Path, lines: list[str]) -> str | None:
     """TensorRT engines from a tensorrt export when `_C` has TensorRT; otherwise the command that builds them."""
     from xvlm_edge import _C
-    from xvlm_edge.runtime.tensorrt_build import DEFAULT_ENGINE_SUBDIR, build_engines
+    from xvlm_edge.export.tensorrt import DEFAULT_ENGINE_SUBDIR, build_engines
 
     if not _C.has_tensorrt():
-        lines.append(f"  engines: not built (no TensorRT in this build); on the device run: "
-                     f"python -c \"from xvlm_edge.runtime.tensorrt_build import build_engines; build_engines('{export}')\"")  # fmt: skip
+        lines.append(f"  engines: not built (no TensorRT in this build); on the device run: xvlm-edge engines {export}")
         return None
     manifests = build_engines(export)
     engine_dir = export / DEFAULT_ENGINE_SUBDIR
@@ -304,19 +315,21 @@ def _build_engines(export: Path, lines: list[str]) -> str | None:
     return str(engine_dir)
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
-    """`benchmarks/bench_backends.py` of the source checkout (benchmarks are not shipped in the wheel)."""
-    import importlib.util
+def cmd_engines(args: argparse.Namespace) -> None:
+    from xvlm_edge.export.tensorrt import DEFAULT_ENGINE_SUBDIR, EngineLimits, build_engines
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_backends.py"
-    if not script.is_file():
-        raise InputError(f"the backend benchmark script is not at {script}", hint="run xvlm-edge bench from a source checkout")
-    spec = importlib.util.spec_from_file_location("bench_backends", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    report = module.run(module.BenchConfig.from_args(args))
-    _emit(args, report, module.format_table(report))
+    limits = EngineLimits(**{k: v for k, v in vars(args).items() if k in EngineLimits.__dataclass_fields__ and v is not None})
+    manifests = build_engines(args.export_dir, args.out, limits=limits, timing_cache=args.timing_cache)
+    engine_dir = args.out or args.export_dir / DEFAULT_ENGINE_SUBDIR
+    result = {"engines": str(engine_dir), "graphs": {g: m.engine for g, m in manifests.items()}}
+    _emit(args, result, f"built {len(manifests)} TensorRT engines -> {engine_dir}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from xvlm_edge import bench
+
+    report = bench.run(bench.BenchConfig.from_args(args))
+    _emit(args, report, bench.format_table(report) + f"\nwrote {report['json']}" + (f" and {report['png']}" if report["png"] else ""))
 
 
 def _checkerboard(np, size: int):
@@ -398,38 +411,51 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--device", help="cpu or cuda (default: cuda when present)")
 
     export = sub.add_parser("export", help="export a checkpoint directory to ONNX (fp32, fp16 for TensorRT, or INT8 behind an accuracy gate)",
-                            epilog="examples: xvlm-edge export model_dir --precision int8 --target onnxruntime --sensitive-search 4\n"
+                            epilog="examples: xvlm-edge export model_dir --precision int8\n"
                                    "          xvlm-edge export model_dir --precision fp16 --target tensorrt",
                             formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     export.add_argument("model_dir", type=Path, help="an xvlm_edge checkpoint directory (xvlm-edge convert makes one)")
     export.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
                         help="fp16: float16 ONNX for TensorRT's strongly typed engines (--target tensorrt only); "
-                             "int8: Q/DQ, refused if the accuracy gate fails")  # fmt: skip
+                             "int8: the fastest mix of INT8 and float graphs that passes the accuracy gate")  # fmt: skip
     export.add_argument("--target", default="onnxruntime", choices=("onnxruntime", "tensorrt"),
                         help="runtime the ONNX is for: onnxruntime runs fp32/int8, tensorrt builds engines from fp32/fp16/int8")  # fmt: skip
     export.add_argument("--calibration", type=Path, help="folder of images calibrating INT8 (default: generated images)")
-    export.add_argument("--eval-images", type=Path, help="folder of images the accuracy gate compares on (default: generated)")
+    export.add_argument("--eval-images", type=Path, help="folder of images the accuracy gate compares on (default: 64 generated)")
     export.add_argument("--exclude", nargs="+", help="ONNX node-name substrings kept in float (default: patch_embed)")
-    export.add_argument("--keep-fp32", nargs="+", help="graphs an int8 export leaves in fp32 (e.g. multimodal answer_step answer_score)")
-    export.add_argument("--sensitive-search", type=int, default=0, metavar="N",
-                        help="int8: per quantised graph, keep in float up to N MatMul/Gemm nodes found sensitive by "
-                             "quantising each alone (one quantisation per node: minutes per graph at base size; default 0: off)")  # fmt: skip
+    export.add_argument("--keep-fp32", nargs="+", help="graphs an int8 export leaves in fp32 from the start (e.g. answer_step answer_score)")
+    export.add_argument("--sensitive-search", type=int, default=4, metavar="N",
+                        help="int8: per graph, the most MatMul/Gemm nodes the search may keep in float before it keeps "
+                             "the whole graph in float (default 4; 0: whole graphs only)")  # fmt: skip
+    export.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
+                        help="int8: 7-bit weights; auto follows this CPU (on without VNNI), recorded in the manifest")
     export.add_argument("--min-caption-agreement", type=float, help="gate threshold: share of identical captions (default 0.95)")
-    export.add_argument("--force", action="store_true", help="write the INT8 export even if the accuracy gate fails")
-    export.add_argument("--threads", type=int, help="ONNX Runtime threads while gating")
+    mode = export.add_mutually_exclusive_group()
+    mode.add_argument("--strict", action="store_true", help="int8: refuse when every graph INT8 fails the gate, instead of searching")
+    mode.add_argument("--force", action="store_true", help="int8: every graph INT8, written even if the gate fails (experiments)")
+    export.add_argument("--threads", type=int, help="ONNX Runtime threads while checking and gating")
     export.set_defaults(run=cmd_export)
 
-    bench = sub.add_parser("bench", help="time each task on each available backend and precision (benchmarks/bench_backends.py)",
-                           epilog="example: xvlm-edge bench --preset tiny --out bench_tiny")  # fmt: skip
-    bench.add_argument("--model", type=Path, help="a checkpoint directory (default: --preset with random weights)")
+    engines = sub.add_parser("engines", help="build TensorRT engines from a --target tensorrt export (on the device)",
+                             epilog="example: xvlm-edge engines model_dir/export/tensorrt-fp16 --max-images 4")  # fmt: skip
+    engines.add_argument("export_dir", type=Path, help="a tensorrt export directory (xvlm-edge export DIR --target tensorrt)")
+    engines.add_argument("--out", type=Path, help="engine directory (default: EXPORT_DIR/engines, where backend='tensorrt' looks)")
+    engines.add_argument("--timing-cache", type=Path, help="a TensorRT timing cache file kept across builds")
+    for limit in ("max_images", "max_text_rows", "max_tokens", "max_decoder_rows", "max_cache", "opt_beams"):
+        engines.add_argument(f"--{limit.replace('_', '-')}", dest=limit, type=int, help="engine limit (default: the API's chunk limits)")
+    engines.set_defaults(run=cmd_engines)
+
+    bench = sub.add_parser("bench", help="time each task on torch fp32 and ONNX Runtime fp32/INT8 (never writes into --model)",
+                           epilog="example: xvlm-edge bench --preset xvlm-base-16m-384 --batch 1 --out bench_base")  # fmt: skip
+    bench.add_argument("--model", type=Path, help="a checkpoint directory (default: --preset with random weights); only read")
     bench.add_argument("--preset", default="tiny", help="preset built with random weights when --model is not given")
     bench.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes (default: 1 4)")
     bench.add_argument("--repeats", type=int, default=5, help="timed runs per configuration (after one warm-up)")
     bench.add_argument("--threads", type=int, help="CPU threads for every backend (default: all cores)")
-    bench.add_argument("--tasks", nargs="+", default=["caption", "ground", "match", "vision"], help="tasks to time")
+    bench.add_argument("--tasks", nargs="+", help="tasks to time: caption ground match vision (default: all)")
     bench.add_argument("--out", type=Path, default=Path("bench_backends"), help="output prefix: OUT.json and OUT.png")
     bench.set_defaults(run=cmd_bench)
-    for command in (convert, smoke, *tasks, export, bench):
+    for command in (convert, smoke, *tasks, export, engines, bench):
         command.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     return parser
 

@@ -1,7 +1,9 @@
 """Visual concepts: a box becomes a patch mask, a masked mean, and a restriction on cross-attention.
 
 This module is the PyTorch reference (the oracle for every kernel test) for the two box operations of
-X-VLM, and the one place that decides whether the fused Triton kernels run instead (DESIGN.md section 2):
+X-VLM, and the one place that decides whether the fused Triton kernels run instead (DESIGN.md section 2).
+It is also the kernels' only caller: `kernels/` imports nothing from `xvlm_edge` (no import cycle), so it
+raises plain ValueError / RuntimeError, which `_run_kernel` turns into InputError / BackendUnavailableError.
 
 * `box_to_patch_mask`: the official floor/ceil rule (`RegionTextJsonDataset.get_image_attns`): a patch
   counts if the box touches it at all, and at least one patch is always on.
@@ -50,7 +52,7 @@ def box_pool(patches: torch.Tensor, idx_to_group_img: torch.Tensor, patch_mask: 
     if _use_kernels(patches):
         from xvlm_edge.kernels import box_pool as kernel
 
-        return kernel(patches, idx_to_group_img, patch_mask)
+        return _run_kernel(kernel, patches, idx_to_group_img, patch_mask)
     weights = patch_mask.to(patches.dtype)  # (K, N)
     summed = torch.einsum("kn,knd->kd", weights, patches[idx_to_group_img])
     return summed / weights.sum(-1, keepdim=True)
@@ -69,8 +71,9 @@ def box_cross_attention(
 
     q: (K, H, T, d) text queries; k, v: (B, H, N, d) projected once per image; `idx_to_group_img` (K,)
     maps each query row to its image; None means the rows are grouped by image, image b owning rows
-    b*r .. b*r + r - 1 with r = K / B (r = 1: row k reads image k), and K/V are read in place, never copied per
-    row (a decoder's beams, VQA's candidate answers); mask: (K, N) 1 where a key is visible.
+    b*r .. b*r + r - 1 with r = K / B, so K must be a multiple of B (r = 1: row k reads image k; a
+    decoder's beams, VQA's candidate answers). The kernel gives None the same meaning. Without `pooled`
+    K/V are then read in place, never copied per row. mask: (K, N) 1 where a key is visible.
     With `pooled`, a pooled token whose key/value are the masked means of the visible keys/values is
     prepended (the Swin concept token); without it, token 0 is already in `k`/`v` (CLIP, decoders).
     Returns (K, H, T, d). Scores are `q.k / sqrt(d)` with the official -1e9 additive mask.
@@ -78,11 +81,18 @@ def box_cross_attention(
     if _use_kernels(q) and pooled:
         from xvlm_edge.kernels import box_cross_attention as kernel
 
-        return kernel(q, k, v, idx_to_group_img, mask)
-    if idx_to_group_img is None and not pooled:
-        return _grouped_attention(q, k, v, mask)
-    if idx_to_group_img is None and q.shape[0] != k.shape[0]:
-        idx_to_group_img = torch.arange(k.shape[0], device=q.device).repeat_interleave(q.shape[0] // k.shape[0])
+        return _run_kernel(kernel, q, k, v, idx_to_group_img, mask)
+    if idx_to_group_img is None:
+        rows, images = q.shape[0], k.shape[0]
+        if rows % images:
+            raise InputError(
+                f"box_cross_attention: idx_to_group_img=None groups the query rows by image, but {rows} rows "
+                f"cannot be split evenly over {images} images (give an index instead)"
+            )
+        if not pooled:
+            return _grouped_attention(q, k, v, mask)
+        if rows != images:
+            idx_to_group_img = torch.arange(images, device=q.device).repeat_interleave(rows // images)  # (K,)
     if idx_to_group_img is not None:
         k, v = k[idx_to_group_img], v[idx_to_group_img]  # (K, H, N, d): an index, not a projection
     mask = mask.to(q.dtype)[:, None, None, :]  # (K, 1, 1, N)
@@ -100,14 +110,30 @@ def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     queries of one (B, H, r*T, S) product against its keys, so no per-row copy of K/V is made."""
     rows, heads, tokens, dim = q.shape
     images, keys = k.shape[0], k.shape[2]
-    if rows % images:
-        raise InputError(f"{rows} query rows cannot be grouped over {images} images (give an index instead)")
     q = q.reshape(images, -1, heads, tokens, dim).transpose(1, 2).reshape(images, heads, -1, dim)  # (B, H, r*T, d)
     bias = ((1.0 - mask.to(q.dtype)) * -1e9).reshape(images, 1, -1, 1, keys)  # (B, 1, r, 1, S)
     bias = bias.expand(-1, -1, -1, tokens, -1).reshape(images, 1, -1, keys)  # (B, 1, r*T, S)
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(dim) + bias
     out = scores.softmax(dim=-1) @ v  # (B, H, r*T, d)
     return out.reshape(images, heads, -1, tokens, dim).transpose(1, 2).reshape(rows, heads, tokens, dim)
+
+
+def _run_kernel(kernel, *args: torch.Tensor | None) -> torch.Tensor:
+    """Call a `kernels/` wrapper, turning its plain errors into the package's: this is the one translation.
+
+    The kernels raise ValueError for bad input and RuntimeError when the kernel cannot run here (CPU tensors
+    without the interpreter, a broken Triton install); the message is kept and the original is chained.
+    """
+    try:
+        return kernel(*args)
+    except torch.OutOfMemoryError:
+        raise  # a RuntimeError too, but a full device is not a missing backend
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    except RuntimeError as exc:
+        raise BackendUnavailableError(
+            str(exc), hint=f"move the tensors to a GPU, or use the PyTorch reference ({BACKEND_ENV}=torch)"
+        ) from exc
 
 
 def _use_kernels(x: torch.Tensor) -> bool:

@@ -36,3 +36,11 @@ class BackendUnavailableError(XVLMEdgeError):
 
 class EngineError(XVLMEdgeError):
     """An inference engine refused to build or run (version mismatch, shape outside profile, missing tensor)."""
+
+
+class StaleExportError(CheckpointError):
+    """An export was made from other weights than its checkpoint directory holds now; re-export it."""
+
+
+class ForcedExportWarning(UserWarning):
+    """An export that failed its accuracy gate was written with --force, and is being loaded."""

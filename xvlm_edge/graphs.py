@@ -1,7 +1,12 @@
-"""The model cut into the graphs every backend runs: tensor-only `nn.Module`s with fixed input/output names.
+"""The model cut into the graphs every backend runs, and the catalogue that names them.
 
-Each graph takes and returns plain tensors (no `None`, no dicts), so the same module runs eagerly in the
-torch backend and exports to ONNX unchanged; `INPUTS`/`OUTPUTS` name its tensors once, for both (NanoOWL's
+The catalogue (`catalogue(heads)`, `GraphSpec`) is the one owner of what a graph is: its name, kind, input
+and output tensor names, dynamic axes, the size relations between them, and the chunk limits the API
+feeds. The ONNX exporter, the TensorRT profile builder, every runtime and the tasks read it; nobody parses
+a graph name out of a string.
+
+Each graph module takes and returns plain tensors (no `None`, no dicts), so the same module runs eagerly
+in the torch backend and exports to ONNX unchanged; its `spec` names its tensors once, for both (NanoOWL's
 `get_*_input_names`). The Python side wraps outputs in the small dataclasses below.
 
 Image K/V are never copied per text (DESIGN.md section 2): `fusion`, `multimodal` and `nlvr` hand the fusion
@@ -15,13 +20,130 @@ drop column 0 and rebuild the pooled token inside the attention (`CrossContext.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from xvlm_edge.models.bert import BertLM, CrossContext
 from xvlm_edge.models.xvlm import XVLM
+
+# -- the catalogue -------------------------------------------------------------------------------------------
+
+#: Chunk limits: the most one graph call of a task carries. Tasks chunk their inputs to them, and the TensorRT
+#: profiles are sized from them (`export/tensorrt.py::EngineLimits`), so no call the API makes falls outside
+#: an engine built with the defaults.
+IMAGE_CHUNK = 16  # images per vision call, and images (VQA: questions) per decoder call
+TEXT_CHUNK = 128  # text rows per text / fusion / multimodal / nlvr call (texts, phrases, statements)
+DECODER_ROWS = 128  # decoder rows per call: images x beams, or questions x candidate answers (VQA ranking)
+MAX_TOKENS = 40  # tokens per text or question (the official checkpoints' max_tokens)
+MAX_DECODER_TOKENS = 40  # cached + new tokens of one decoder row (official captions stop at 20, answers at 11)
+
+#: Graph kinds. Encoders read images and text rows; a decoder has one graph of each other kind.
+ENCODER, CROSS_KV, STEP, SCORE = "encoder", "cross_kv", "step", "score"
+DECODER_KINDS = (CROSS_KV, STEP, SCORE)
+#: Decoders and the head that carries each: `caption_*` reads image tokens, `answer_*` VQA question states.
+DECODER_HEADS = {"caption": "caption", "answer": "vqa"}
+
+#: Size relations every call honours (the TensorRT profiles hold them at min, opt and max):
+#: - `total = past + new`: a decoder's self-attention mask spans its cached and its new tokens;
+#: - decoder rows come grouped by image (question): B groups of r = rows / B consecutive rows (beams,
+#:   candidate answers) read image b's cross K/V in place, so `rows` is a multiple of `images`;
+#: - a caption decoder's keys (`keys`, `cross_tokens`, its cross_kv `tokens`) are the image's 1 + N tokens.
+AXIS_RELATIONS = ("total = past + new", "rows = images x r (grouped by image)", "caption keys = 1 + N image tokens")
+
+_ROWS_TOKENS = {0: "rows", 1: "tokens"}
+#: Dynamic axes by tensor name; a name means the same tensor in every graph that has it, except where
+#: `_graph_axes` says otherwise (a decoder's `text_ids` are its new tokens, `states` differ per graph).
+_AXES: dict[str, dict[int, str]] = {
+    "pixels": {0: "images"},
+    "image_embeds": {0: "images"},
+    "image_feat": {0: "images"},
+    "text_ids": _ROWS_TOKENS,
+    "text_atts": _ROWS_TOKENS,
+    "text_embeds": _ROWS_TOKENS,
+    "text_feat": {0: "rows"},
+    "image_index": {0: "rows"},
+    "image_atts": {0: "rows"},
+    "cls": {0: "rows"},
+    "itm_logits": {0: "rows"},
+    "bbox": {0: "rows"},
+    "left_index": {0: "rows"},
+    "right_index": {0: "rows"},
+    "states": _ROWS_TOKENS,
+    "logits": {0: "rows"},
+    "cross_k": {1: "images", 3: "keys"},
+    "cross_v": {1: "images", 3: "keys"},
+    "cross_atts": {0: "rows", 1: "cross_tokens"},
+    "self_atts": {0: "rows", 1: "total"},
+    "cache_k": {1: "rows", 3: "past"},
+    "cache_v": {1: "rows", 3: "past"},
+    "new_cache_k": {1: "rows", 3: "total"},
+    "new_cache_v": {1: "rows", 3: "total"},
+}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph of the catalogue: what every backend, exporter and engine builder agrees on.
+
+    `axes` maps each tensor with a dynamic dimension to {dim: axis name}; equal names are equal sizes
+    within one call. `decoder` is "caption" or "answer" for decoder graphs, None for encoders.
+    """
+
+    name: str
+    kind: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    axes: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
+    decoder: str | None = None
+
+
+def decoder_graph(decoder: str, kind: str) -> str:
+    """The name of a decoder's graph of `kind` ("caption", "step" -> "caption_step"): composed here only."""
+    if decoder not in DECODER_HEADS or kind not in DECODER_KINDS:
+        raise KeyError(f"no decoder graph {decoder!r}/{kind!r}: decoders {sorted(DECODER_HEADS)}, kinds {DECODER_KINDS}")
+    return f"{decoder}_{kind}"
+
+
+def _spec(name: str, kind: str, inputs: tuple[str, ...], outputs: tuple[str, ...], decoder: str | None = None) -> GraphSpec:
+    axes = {n: dict(_AXES[n]) for n in (*inputs, *outputs) if n in _AXES}
+    if kind == CROSS_KV:
+        axes["states"] = {0: "images", 1: "tokens"}
+    if kind in (STEP, SCORE):
+        axes["text_ids"] = {0: "rows", 1: "new"}
+    if kind == SCORE:
+        axes["logits"] = {0: "rows", 1: "new"}
+    return GraphSpec(name, kind, inputs, outputs, axes, decoder)
+
+
+def catalogue(heads: Iterable[str]) -> dict[str, GraphSpec]:
+    """Every graph a checkpoint with `heads` has, by name (the heads decide which exist and what they output)."""
+    heads = set(heads)
+    itc = ("image_feat",) if "itc" in heads else ()
+    specs = [_spec("vision", ENCODER, ("pixels",), ("image_embeds", *itc))]
+    if heads & {"itc", "itm", "bbox"}:
+        specs.append(_spec("text", ENCODER, ("text_ids", "text_atts"), ("text_embeds", *(("text_feat",) if itc else ()))))
+    image_query = ("image_embeds", "image_index", "image_atts")
+    if heads & {"itm", "bbox"}:
+        fused = ("cls", *(("itm_logits",) if "itm" in heads else ()), *(("bbox",) if "bbox" in heads else ()))
+        specs.append(_spec("fusion", ENCODER, ("text_embeds", "text_atts", *image_query), fused))
+    if heads & {"vqa", "mlm"}:
+        specs.append(_spec("multimodal", ENCODER, ("text_ids", "text_atts", *image_query), ("states",)))
+    if "nlvr" in heads:
+        specs.append(_spec("nlvr", ENCODER, ("text_ids", "text_atts", "image_embeds", "left_index", "right_index"), ("logits",)))
+    for decoder, head in DECODER_HEADS.items():
+        if head not in heads:
+            continue
+        specs.append(_spec(decoder_graph(decoder, CROSS_KV), CROSS_KV, ("states",), ("cross_k", "cross_v"), decoder))
+        for kind in (STEP, SCORE):
+            # The extended cache is `new_cache_*`: ONNX graphs and TensorRT engines bind by name, and an
+            # output may not share its name with an input.
+            step_io = ("text_ids", "self_atts", "cache_k", "cache_v", "cross_k", "cross_v", "cross_atts")
+            specs.append(_spec(decoder_graph(decoder, kind), kind, step_io, ("logits", "new_cache_k", "new_cache_v"), decoder))
+    return {s.name: s for s in specs}
+
 
 # -- what the graphs return, in the Python API -----------------------------------------------------------
 
@@ -72,53 +194,59 @@ class DecoderOutput:
 # -- the graphs --------------------------------------------------------------------------------------------
 
 
-class VisionGraph(nn.Module):
+class Graph(nn.Module):
+    """A graph module: its catalogue entry (`spec`) names the tensors it takes and returns, in order."""
+
+    def __init__(self, spec: GraphSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+    @property
+    def INPUTS(self) -> tuple[str, ...]:  # noqa: N802 (the graphs' established name, read by every exporter)
+        return self.spec.inputs
+
+    @property
+    def OUTPUTS(self) -> tuple[str, ...]:  # noqa: N802
+        return self.spec.outputs
+
+
+class VisionGraph(Graph):
     """pixels (B, 3, R, R) -> image_embeds (B, 1 + N, C) [, image_feat (B, E) with ITC]."""
 
-    INPUTS = ("pixels",)
-
-    def __init__(self, model: XVLM) -> None:
-        super().__init__()
+    def __init__(self, spec: GraphSpec, model: XVLM) -> None:
+        super().__init__(spec)
         self.model = model
-        self.itc = "itc" in model.config.heads
-        self.OUTPUTS = ("image_embeds", "image_feat") if self.itc else ("image_embeds",)
+        self.itc = "image_feat" in spec.outputs
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         embeds = self.model.encode_image(pixels)
         return (embeds, self.model.image_features(embeds)) if self.itc else (embeds,)
 
 
-class TextGraph(nn.Module):
+class TextGraph(Graph):
     """ids, atts (K, T) -> text_embeds (K, T, hidden) [, text_feat (K, E) with ITC]. Text-only layers."""
 
-    INPUTS = ("text_ids", "text_atts")
-
-    def __init__(self, model: XVLM) -> None:
-        super().__init__()
+    def __init__(self, spec: GraphSpec, model: XVLM) -> None:
+        super().__init__(spec)
         self.model = model
-        self.itc = "itc" in model.config.heads
-        self.OUTPUTS = ("text_embeds", "text_feat") if self.itc else ("text_embeds",)
+        self.itc = "text_feat" in spec.outputs
 
     def forward(self, text_ids: torch.Tensor, text_atts: torch.Tensor) -> tuple[torch.Tensor, ...]:
         embeds = self.model.encode_text(text_ids, text_atts)
         return (embeds, self.model.text_features(embeds)) if self.itc else (embeds,)
 
 
-class FusionGraph(nn.Module):
+class FusionGraph(Graph):
     """Fusion layers over K texts, each reading image `image_index[k]` under mask `image_atts[k]`.
 
     text_embeds (K, T, hidden), text_atts (K, T), image_embeds (B, 1+N, C), image_index (K,),
     image_atts (K, 1+N) -> cls (K, hidden) [, itm_logits (K, 2)] [, bbox (K, 4)].
     """
 
-    INPUTS = ("text_embeds", "text_atts", "image_embeds", "image_index", "image_atts")
-
-    def __init__(self, model: XVLM) -> None:
-        super().__init__()
+    def __init__(self, spec: GraphSpec, model: XVLM) -> None:
+        super().__init__(spec)
         self.model = model
-        heads = model.config.heads
-        self.itm, self.bbox = "itm" in heads, "bbox" in heads
-        self.OUTPUTS = ("cls", *(("itm_logits",) if self.itm else ()), *(("bbox",) if self.bbox else ()))
+        self.itm, self.bbox = "itm_logits" in spec.outputs, "bbox" in spec.outputs
 
     def forward(
         self,
@@ -138,17 +266,14 @@ class FusionGraph(nn.Module):
         return tuple(out)
 
 
-class MultimodalGraph(nn.Module):
+class MultimodalGraph(Graph):
     """All text layers from ids with image cross-attention (the VQA question encoder).
 
     text_ids, text_atts (K, T), image_embeds (B, 1+N, C), image_index (K,), image_atts (K, 1+N) -> states (K, T, hidden).
     """
 
-    INPUTS = ("text_ids", "text_atts", "image_embeds", "image_index", "image_atts")
-    OUTPUTS = ("states",)
-
-    def __init__(self, model: XVLM) -> None:
-        super().__init__()
+    def __init__(self, spec: GraphSpec, model: XVLM) -> None:
+        super().__init__(spec)
         self.model = model
 
     def forward(
@@ -163,14 +288,11 @@ class MultimodalGraph(nn.Module):
         return (self.model.encode_multimodal(text_ids, text_atts, context),)
 
 
-class NlvrGraph(nn.Module):
+class NlvrGraph(Graph):
     """NLVR2: K statements over image pairs (left_index[k], right_index[k]) of B encoded images -> logits (K, 2)."""
 
-    INPUTS = ("text_ids", "text_atts", "image_embeds", "left_index", "right_index")
-    OUTPUTS = ("logits",)
-
-    def __init__(self, model: XVLM) -> None:
-        super().__init__()
+    def __init__(self, spec: GraphSpec, model: XVLM) -> None:
+        super().__init__(spec)
         self.model = model
 
     def forward(
@@ -188,16 +310,13 @@ class NlvrGraph(nn.Module):
         return (self.model.nlvr_logits(text_ids, text_atts, left, right),)
 
 
-class CrossKVGraph(nn.Module):
+class CrossKVGraph(Graph):
     """A decoder's cross-attention K/V, projected once per image (or question): states (B, S, C) ->
     k, v (L, B, heads, S, d). A caption reads the whole Swin image, whose [CLS] is the mean of the patches,
     so the [CLS] K/V are the pooled token's and nothing is rebuilt per step (DESIGN section 2)."""
 
-    INPUTS = ("states",)
-    OUTPUTS = ("cross_k", "cross_v")
-
-    def __init__(self, decoder: BertLM) -> None:
-        super().__init__()
+    def __init__(self, spec: GraphSpec, decoder: BertLM) -> None:
+        super().__init__(spec)
         self.decoder = decoder
 
     def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,26 +324,21 @@ class CrossKVGraph(nn.Module):
         return torch.stack([k for k, _ in kv.values()]), torch.stack([v for _, v in kv.values()])
 
 
-class DecoderStepGraph(nn.Module):
-    """One autoregressive step of a causal decoder with a self-attention KV cache.
+class DecoderStepGraph(Graph):
+    """Autoregressive steps of a causal decoder with a self-attention KV cache.
 
     text_ids (K, t) new tokens; self_atts (K, P + t) 1/0 over cached + new tokens; cache_k/cache_v
     (L, K, heads, P, d) (P may be 0); cross_k/cross_v (Lf, B, heads, S, d) from `CrossKVGraph`, the K rows
     grouped by image (or question): B groups of r = K / B rows (beams, candidate answers), so every row reads
     its image's K/V in place; cross_atts (K, S).
-    -> logits (K, vocab) at the last new position (all t positions with `last_only=False`), and the
-    cache (L, K, heads, P + t, d) extended by the new tokens.
+    -> logits (K, vocab) at the last new position (a STEP graph) or (K, t, vocab) at every new position (a
+    SCORE graph), and the cache (L, K, heads, P + t, d) extended by the new tokens.
     """
 
-    INPUTS = ("text_ids", "self_atts", "cache_k", "cache_v", "cross_k", "cross_v", "cross_atts")
-    #: The extended cache is `new_cache_*`: ONNX graphs and TensorRT engines bind by name, and an output may
-    #: not share its name with an input.
-    OUTPUTS = ("logits", "new_cache_k", "new_cache_v")
-
-    def __init__(self, decoder: BertLM, last_only: bool = True) -> None:
-        super().__init__()
+    def __init__(self, spec: GraphSpec, decoder: BertLM) -> None:
+        super().__init__(spec)
         self.decoder = decoder
-        self.last_only = last_only
+        self.last_only = spec.kind == STEP
 
     def forward(
         self,
@@ -253,24 +367,17 @@ def decoder_shape(decoder: BertLM) -> tuple[int, int, int]:
     return decoder.bert.num_layers, config.num_heads, config.hidden_size // config.num_heads
 
 
-def build_graphs(model: XVLM) -> dict[str, nn.Module]:
-    """Every graph the heads of `model` support, by name. The decoders exist in two flavours:
-    `caption_*` over image patches, `answer_*` over VQA question states; `*_score` returns the logits of
-    every position (the official `rank_answer` re-scoring, and the uncached reference decoder)."""
-    heads = set(model.config.heads)
-    graphs: dict[str, nn.Module] = {"vision": VisionGraph(model)}
-    if heads & {"itc", "itm", "bbox"}:
-        graphs["text"] = TextGraph(model)
-    if heads & {"itm", "bbox"}:
-        graphs["fusion"] = FusionGraph(model)
-    if heads & {"vqa", "mlm"}:
-        graphs["multimodal"] = MultimodalGraph(model)
-    if "nlvr" in heads:
-        graphs["nlvr"] = NlvrGraph(model)
-    for name, head in (("caption", "caption"), ("answer", "vqa")):
-        if head in heads:
-            decoder = getattr(model, f"{name}_decoder")
-            graphs[f"{name}_cross_kv"] = CrossKVGraph(decoder)
-            graphs[f"{name}_step"] = DecoderStepGraph(decoder)
-            graphs[f"{name}_score"] = DecoderStepGraph(decoder, last_only=False)
+_ENCODERS = {"vision": VisionGraph, "text": TextGraph, "fusion": FusionGraph, "multimodal": MultimodalGraph, "nlvr": NlvrGraph}
+
+
+def build_graphs(model: XVLM) -> dict[str, Graph]:
+    """A module for every graph of `model`'s catalogue, by name. `*_score` returns the logits of every
+    position (the official `rank_answer` re-scoring, and the uncached reference decoder)."""
+    graphs: dict[str, Graph] = {}
+    for name, spec in catalogue(model.config.heads).items():
+        if spec.kind == ENCODER:
+            graphs[name] = _ENCODERS[name](spec, model)
+        else:
+            decoder = getattr(model, f"{spec.decoder}_decoder")
+            graphs[name] = CrossKVGraph(spec, decoder) if spec.kind == CROSS_KV else DecoderStepGraph(spec, decoder)
     return graphs

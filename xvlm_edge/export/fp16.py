@@ -37,7 +37,8 @@ from pathlib import Path
 from torch import nn
 
 from xvlm_edge.errors import EngineError
-from xvlm_edge.export.onnx import Sizes, max_abs_diff, session
+from xvlm_edge.export.onnx import Sizes, check_parity
+from xvlm_edge.runtime.onnxruntime_backend import ort_session
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,8 @@ def _sort_topologically(graph) -> None:
 def check_fp16(name: str, path: Path, graphs: dict[str, nn.Module], cases: list[tuple[Sizes, dict]], threads: int | None = None) -> dict:
     """The fp16 graph `path` against torch fp32 on every case of `onnx.check_inputs`, with ONNX Runtime CPU.
 
-    Returns the numbers (the fp32 parity's structure, plus `checked` and `ort_cpu_fp32_ops`). Raises
-    EngineError past `FP16_TOL` of an output's scale. A graph ORT's CPU provider cannot run is returned as
+    Returns the numbers (`onnx.check_parity`'s, plus `checked` and `ort_cpu_fp32_ops`). Raises EngineError
+    past `FP16_TOL` of an output's scale. A graph ORT's CPU provider cannot run is returned as
     `checked: False` with ORT's reason: the ONNX is still what TensorRT needs.
     """
     from onnxruntime.capi.onnxruntime_pybind11_state import (
@@ -111,29 +112,14 @@ def check_fp16(name: str, path: Path, graphs: dict[str, nn.Module], cases: list[
     with tempfile.TemporaryDirectory() as work:
         optimized = Path(work) / "optimized.onnx"
         try:
-            sess = session(path, threads, optimized_copy=optimized)
+            sess = ort_session(path, threads, optimized_copy=optimized)
         except OrtNotImplemented as exc:
             log.warning("fp16 %s: ONNX Runtime CPU cannot run it, not checked (%s)", name, exc)
             return {"checked": False, "reason": f"ONNX Runtime CPU has no kernel for an op of this fp16 graph: {exc}"}
         upcast = ort_cpu_fp32_ops(optimized)
-    found = []
-    for size, inputs in cases:
-        diff, scaled = max_abs_diff(sess, graphs[name], inputs[name])
-        found.append({"sizes": size.__dict__, "max_abs": diff, "max_abs_over_scale": scaled})
-        if not scaled <= FP16_TOL:
-            raise EngineError(
-                f"fp16 export of graph {name!r} differs from torch fp32 by {diff:.3g}, {scaled:.3g} of the output's scale "
-                f"(> {FP16_TOL:g}) at {size}; refusing to write it",
-                hint="an fp16 overflow or a rounding-sensitive op: keep that op type in fp32 (export.fp16.FLOAT32_OPS), or export fp32",
-            )
-    return {
-        "checked": True,
-        "bound": "max |ort - torch| <= tol * max(1, max |torch|) per output",
-        "tol": FP16_TOL,
-        "max_abs": max(c["max_abs"] for c in found),
-        "cases": found,
-        "ort_cpu_fp32_ops": upcast,
-    }
+    hint = "an fp16 overflow or a rounding-sensitive op: keep that op type in fp32 (export.fp16.FLOAT32_OPS), or export fp32"
+    parity = check_parity(name, sess, graphs, cases, FP16_TOL, "fp16 export", hint)
+    return {"checked": True, **parity, "ort_cpu_fp32_ops": upcast}
 
 
 def ort_cpu_fp32_ops(optimized: Path) -> list[str]:

@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from xvlm_edge.errors import EngineError
-from xvlm_edge.graphs import build_graphs, decoder_shape
+from xvlm_edge.graphs import CROSS_KV, DECODER_HEADS, SCORE, STEP, Graph, build_graphs, decoder_graph, decoder_shape
 from xvlm_edge.models.xvlm import XVLM
+from xvlm_edge.runtime.onnxruntime_backend import ort_session
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ OPSET = 17
 #: decoder's logits with random weights reach tens, where fp32 summation-order noise over 768- and 30522-wide
 #: dot products alone is ~1e-4 (measured 1.08e-4 on logits of scale ~10).
 FP32_ATOL = 1e-4
+PARITY_BOUND = "max|ort - torch| <= tol x max(1, max|torch|) per output"
 
 
 @dataclass(frozen=True)
@@ -60,52 +62,6 @@ CHECK_SIZES = (
     Sizes(images=3, rows=2, tokens=7, past=6, new=1),
     Sizes(images=4, rows=6, tokens=9, past=1, new=1),
 )
-
-# Dynamic axes by tensor name. A name means the same tensor in every graph that has it (graphs.py).
-_ROWS_TOKENS = {0: "rows", 1: "tokens"}
-AXES: dict[str, dict[int, str]] = {
-    "pixels": {0: "images"},
-    "image_embeds": {0: "images"},
-    "image_feat": {0: "images"},
-    "text_ids": _ROWS_TOKENS,
-    "text_atts": _ROWS_TOKENS,
-    "text_embeds": _ROWS_TOKENS,
-    "text_feat": {0: "rows"},
-    "image_index": {0: "rows"},
-    "image_atts": {0: "rows"},
-    "cls": {0: "rows"},
-    "itm_logits": {0: "rows"},
-    "bbox": {0: "rows"},
-    "left_index": {0: "rows"},
-    "right_index": {0: "rows"},
-    "cross_k": {1: "images", 3: "keys"},
-    "cross_v": {1: "images", 3: "keys"},
-    "cross_atts": {0: "rows", 1: "cross_tokens"},
-    "self_atts": {0: "rows", 1: "total"},
-    "cache_k": {1: "rows", 3: "past"},
-    "cache_v": {1: "rows", 3: "past"},
-    "new_cache_k": {1: "rows", 3: "total"},
-    "new_cache_v": {1: "rows", 3: "total"},
-}
-
-
-def graph_axes(name: str, graph: nn.Module) -> dict[str, dict[int, str]]:
-    """Dynamic axes of one graph's inputs and outputs (graph-specific where a name means two shapes)."""
-    axes = {n: dict(AXES[n]) for n in (*graph.INPUTS, *graph.OUTPUTS) if n in AXES}
-    if name.endswith("_cross_kv"):
-        axes["states"] = {0: "images", 1: "tokens"}
-    elif name == "multimodal":
-        axes["states"] = dict(_ROWS_TOKENS)
-    if name.endswith("_step"):
-        axes["text_ids"] = {0: "rows", 1: "new"}
-        axes["logits"] = {0: "rows"}
-    elif name.endswith("_score"):
-        axes["text_ids"] = {0: "rows", 1: "new"}
-        axes["logits"] = {0: "rows", 1: "new"}
-    elif name == "nlvr":
-        axes["logits"] = {0: "rows"}
-    return axes
-
 
 def example_inputs(model: XVLM, graphs: dict[str, nn.Module], sizes: Sizes, seed: int = 0) -> dict[str, tuple[torch.Tensor, ...]]:
     """Inputs for every graph at `sizes`, each produced by the torch graphs upstream of it."""
@@ -139,8 +95,9 @@ def example_inputs(model: XVLM, graphs: dict[str, nn.Module], sizes: Sizes, seed
         if "nlvr" in graphs:
             right = (index + 1) % b
             out["nlvr"] = (ids, atts, image_embeds, index, right)
-        for decoder in ("caption", "answer"):
-            if f"{decoder}_step" not in graphs:
+        for decoder in DECODER_HEADS:
+            step_name = decoder_graph(decoder, STEP)
+            if step_name not in graphs:
                 continue
             if decoder == "caption":  # (B, 1 + N, C); a caption sees the whole image
                 states = image_embeds
@@ -151,9 +108,9 @@ def example_inputs(model: XVLM, graphs: dict[str, nn.Module], sizes: Sizes, seed
                 q_atts[b // 2 :, t - 1] = 0
                 states = graphs["multimodal"](q_ids, q_atts, image_embeds, torch.arange(b), torch.ones(b, n, dtype=torch.long))[0]
                 cross_atts_of = lambda rows: q_atts[rows]  # noqa: E731
-            out[f"{decoder}_cross_kv"] = (states,)
-            cross_k, cross_v = graphs[f"{decoder}_cross_kv"](states)
-            layers, heads, dim = decoder_shape(graphs[f"{decoder}_step"].decoder)
+            out[decoder_graph(decoder, CROSS_KV)] = (states,)
+            cross_k, cross_v = graphs[decoder_graph(decoder, CROSS_KV)](states)
+            layers, heads, dim = decoder_shape(graphs[step_name].decoder)
             per_image = 1 + k // b  # decoder rows come grouped by image: r beams (or answers) each
             grouped = torch.arange(b).repeat_interleave(per_image)
             rows = len(grouped)
@@ -163,13 +120,13 @@ def example_inputs(model: XVLM, graphs: dict[str, nn.Module], sizes: Sizes, seed
             self_atts = torch.ones(rows, sizes.past + sizes.new, dtype=torch.long)
             cross_atts = cross_atts_of(grouped)
             step = (new_ids, self_atts, cache_k, cache_v, cross_k, cross_v, cross_atts)
-            out[f"{decoder}_step"] = step
-            out[f"{decoder}_score"] = step
+            out[step_name] = step
+            out[decoder_graph(decoder, SCORE)] = step
     return out
 
 
-def export_graph(name: str, graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
-    """Trace `graph` on `inputs` and write `path` (ONNX, opset `OPSET`, dynamic axes of `graph_axes`)."""
+def export_graph(graph: Graph, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
+    """Trace `graph` on `inputs` and write `path` (ONNX, opset `OPSET`, the catalogue's dynamic axes)."""
     with warnings.catch_warnings(), torch.no_grad():
         # TracerWarnings (shape -> Python int) are expected; `check_graph` is what proves the export right.
         warnings.simplefilter("ignore")
@@ -179,27 +136,11 @@ def export_graph(name: str, graph: nn.Module, inputs: tuple[torch.Tensor, ...], 
             str(path),
             input_names=list(graph.INPUTS),
             output_names=list(graph.OUTPUTS),
-            dynamic_axes=graph_axes(name, graph),
+            dynamic_axes={n: dict(a) for n, a in graph.spec.axes.items()},
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
         )
-
-
-def session(path: Path, threads: int | None = None, optimized_copy: Path | None = None):
-    """An ONNX Runtime CPU session with every graph optimisation on (the graph ORT runs is saved to
-    `optimized_copy` when given)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if optimized_copy is not None:
-        options.optimized_model_filepath = str(optimized_copy)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def run_both(sess, graph: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -236,23 +177,23 @@ def check_inputs(model: XVLM, graphs: dict[str, nn.Module], sizes: tuple[Sizes, 
     return [(size, example_inputs(model, graphs, size, seed=100 + i)) for i, size in enumerate(sizes)]
 
 
-def check_graph(
-    name: str, path: Path, graphs: dict[str, nn.Module], cases: list[tuple[Sizes, dict]], atol: float = FP32_ATOL, threads: int | None = None
-) -> dict:
-    """Run the export on every case of `check_inputs` against torch; raise EngineError past `atol`, else
-    return the numbers."""
-    sess = session(path, threads)
+def check_parity(name: str, sess, graphs: dict[str, nn.Module], cases: list[tuple[Sizes, dict]], tol: float, what: str, hint: str) -> dict:
+    """Run the session of graph `name` on every case of `check_inputs` against torch fp32.
+
+    The bound is per output and relative to its scale, max|ort - torch| <= tol x max(1, max|torch|) (1e-4
+    absolute for every output of scale <= 1); past it raise EngineError saying `what` refused, with `hint`.
+    Returns the numbers the manifest records. The fp32 and fp16 exports both check through here."""
     found = []
     for size, inputs in cases:
         diff, scaled = max_abs_diff(sess, graphs[name], inputs[name])
-        found.append({"sizes": size.__dict__, "max_abs": diff, "max_abs_of_scale": scaled})
-        if not scaled <= atol:
+        found.append({"sizes": size.__dict__, "max_abs": diff, "max_abs_over_scale": scaled})
+        if not scaled <= tol:
             raise EngineError(
-                f"ONNX export of graph {name!r} differs from torch by {diff:.3g} (> {atol:g} x max(1, max|torch|)) "
-                f"at {size}; refusing to write it",
-                hint="this is an exporter bug for this graph; report it with the model config",
+                f"{what} of graph {name!r} differs from torch fp32 by {diff:.3g}, {scaled:.3g} of the output's scale "
+                f"(> {tol:g}) at {size}; refusing to write it",
+                hint=hint,
             )
-    return {"atol": atol, "bound": "max|ort - torch| <= atol x max(1, max|torch|) per output", "max_abs": max(c["max_abs"] for c in found), "cases": found}
+    return {"tol": tol, "bound": PARITY_BOUND, "max_abs": max(c["max_abs"] for c in found), "cases": found}
 
 
 def export_fp32(model: XVLM, out_dir: Path, graph_names: tuple[str, ...] | None = None, threads: int | None = None) -> dict[str, dict]:
@@ -265,8 +206,11 @@ def export_fp32(model: XVLM, out_dir: Path, graph_names: tuple[str, ...] | None 
     parity = {}
     for name in names:
         path = out_dir / f"{name}.onnx"
-        export_graph(name, graphs[name], traced[name], path)
-        parity[name] = check_graph(name, path, graphs, cases, threads=threads)
+        export_graph(graphs[name], traced[name], path)
+        parity[name] = check_parity(
+            name, ort_session(path, threads), graphs, cases, FP32_ATOL, "ONNX export",
+            "this is an exporter bug for this graph; report it with the model config",
+        )  # fmt: skip
         log.info("exported %s: max |ort - torch| %.2e over %d sizes", name, parity[name]["max_abs"], len(cases))
     return parity
 
@@ -275,13 +219,13 @@ __all__ = [
     "CHECK_SIZES",
     "FP32_ATOL",
     "OPSET",
+    "PARITY_BOUND",
     "TRACE_SIZES",
     "Sizes",
-    "check_graph",
     "check_inputs",
+    "check_parity",
     "example_inputs",
     "export_fp32",
     "max_abs_diff",
     "run_both",
-    "session",
 ]

@@ -14,8 +14,13 @@
   it sees raw pixels). More can be excluded by node-name substring (`exclude`), or by exact node name
   (`keep_float`), which is how the nodes found by measuring (`sensitivity.py`) are kept in float.
 
-`reduce_range` (7-bit weights) is on: this CPU has AVX2 without VNNI, where ONNX Runtime's u8s8 kernels use
-VPMADDUBSW, whose int16 intermediate can saturate with full-range weights (onnxruntime quantization docs).
+`reduce_range` (7-bit weights) follows the CPU the export runs on (`cpu.needs_reduced_range`), is recorded in
+the manifest and can be overridden: x86 without VNNI needs it, since ONNX Runtime's u8s8 kernels there use
+VPMADDUBSW, whose int16 intermediate saturates with full-range weights (onnxruntime quantization docs).
+
+`GraphQuantizer` quantises one graph again and again (the INT8 plan search's trials) with what is costly
+done once: ORT's pre-processing of the graph, and the static graph's calibration ranges (ORT's calibration
+cache), so a trial costs one quantisation pass, not one calibration.
 
 Trap seen here: ORT's quantisation pre-processing (symbolic shape inference) fails on the dynamic decoder
 graphs, so `quant_pre_process` runs with `skip_symbolic_shape=True`.
@@ -103,30 +108,22 @@ class _PixelReader:
         return next(self._it, None)
 
 
-def _preprocess(src: Path, work: Path) -> Path:
+def _preprocess(src: Path, out: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    out = work / f"{src.stem}.pre.onnx"
     quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
     return out
 
 
-def _nodes_matching(model_path: Path, patterns: Sequence[str]) -> list[str]:
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    return [n.name for n in graph.node if n.op_type in QUANTIZED_OPS and any(p in n.name for p in patterns)]
-
-
-def _nodes_to_exclude(pre: Path, exclude: Sequence[str], keep_float: Sequence[str]) -> list[str]:
-    """Nodes matching the `exclude` substrings, plus the `keep_float` names (each must be a node of `pre`)."""
-    import onnx
-
-    names = {n.name for n in onnx.load(str(pre), load_external_data=False).graph.node}
-    unknown = sorted(set(keep_float) - names)
-    if unknown:
-        raise InputError(f"nodes to keep in float are not in {pre.stem}: {unknown[:5]}", hint="take names from quantizable_nodes()")
-    return sorted({*_nodes_matching(pre, exclude), *keep_float})
+def _quantizable(graph, exclude: Sequence[str], constant_weight_only: bool) -> list[str]:
+    constants = {t.name for t in graph.initializer}
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type in ("MatMul", "Gemm")
+        and not any(p in n.name for p in exclude)
+        and (not constant_weight_only or n.input[1] in constants)
+    ]
 
 
 def quantizable_nodes(src: Path, *, constant_weight_only: bool, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> list[str]:
@@ -139,44 +136,72 @@ def quantizable_nodes(src: Path, *, constant_weight_only: bool, exclude: Sequenc
     import onnx
 
     with tempfile.TemporaryDirectory() as work:
-        graph = onnx.load(str(_preprocess(src, Path(work))), load_external_data=False).graph
-    constants = {t.name for t in graph.initializer}
-    return [
-        n.name
-        for n in graph.node
-        if n.op_type in ("MatMul", "Gemm")
-        and not any(p in n.name for p in exclude)
-        and (not constant_weight_only or n.input[1] in constants)
-    ]
+        graph = onnx.load(str(_preprocess(src, Path(work) / "pre.onnx")), load_external_data=False).graph
+    return _quantizable(graph, exclude, constant_weight_only)
 
 
-def quantize_static_qdq(
-    src: Path, dst: Path, pixels: np.ndarray, exclude: Sequence[str] = DEFAULT_EXCLUDE, keep_float: Sequence[str] = ()
-) -> None:
-    """Static QDQ INT8 of the vision graph, calibrated (MinMax) on `pixels` (count, 3, R, R).
+class GraphQuantizer:
+    """One fp32 graph, quantised on demand into any number of files: static QDQ (`static`, calibrated on
+    `pixels`, the vision graph's input) or dynamic INT8 (`dynamic`), with named nodes kept in float.
 
-    Nodes whose names contain an `exclude` substring, and the nodes named in `keep_float`, stay float."""
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    ORT's pre-processing runs once, into `work`; the first static quantisation calibrates and caches the
+    ranges there, and every later one reuses them (keeping nodes in float does not change what is
+    calibrated, only what is quantised).
+    """
 
-    with tempfile.TemporaryDirectory() as work:
-        pre = _preprocess(src, Path(work))
+    def __init__(
+        self, src: Path, work: Path, *, reduce_range: bool, exclude: Sequence[str] = DEFAULT_EXCLUDE, pixels: np.ndarray | None = None
+    ) -> None:
+        self.src, self.work = Path(src), Path(work)
+        self.reduce_range, self.exclude, self.pixels = reduce_range, tuple(exclude), pixels
+        self._pre: Path | None = None
+
+    @property
+    def pre(self) -> Path:
+        """The pre-processed graph (made on first use)."""
+        if self._pre is None:
+            self.work.mkdir(parents=True, exist_ok=True)
+            self._pre = _preprocess(self.src, self.work / f"{self.src.stem}.pre.onnx")
+        return self._pre
+
+    def candidates(self, *, constant_weight_only: bool) -> list[str]:
+        """The MatMul/Gemm nodes a quantisation of this graph would quantise (see `quantizable_nodes`)."""
+        import onnx
+
+        graph = onnx.load(str(self.pre), load_external_data=False).graph
+        return _quantizable(graph, self.exclude, constant_weight_only)
+
+    def _excluded(self, keep_float: Sequence[str]) -> list[str]:
+        """Nodes matching the `exclude` substrings, plus the `keep_float` names (each must be a node here)."""
+        import onnx
+
+        graph = onnx.load(str(self.pre), load_external_data=False).graph
+        names = {n.name for n in graph.node}
+        unknown = sorted(set(keep_float) - names)
+        if unknown:
+            raise InputError(f"nodes to keep in float are not in {self.src.stem}: {unknown[:5]}", hint="take names from quantizable_nodes()")
+        matching = [n.name for n in graph.node if n.op_type in QUANTIZED_OPS and any(p in n.name for p in self.exclude)]
+        return sorted({*matching, *keep_float})
+
+    def static(self, dst: Path, keep_float: Sequence[str] = ()) -> None:
+        """Static QDQ INT8: per-channel int8 weights, uint8 activations with MinMax ranges from `pixels`."""
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        if self.pixels is None:
+            raise InputError(f"static quantisation of {self.src.stem} needs calibration inputs")
         quantize_static(
-            str(pre),
+            str(self.pre),
             str(dst),
-            _PixelReader(pixels),
+            _PixelReader(self.pixels),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(QUANTIZED_OPS),
             per_channel=True,
-            reduce_range=True,
+            reduce_range=self.reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=_nodes_to_exclude(pre, exclude, keep_float),
+            nodes_to_exclude=self._excluded(keep_float),
             calibrate_method=CalibrationMethod.MinMax,
+            calibration_cache_path=str(self.work / f"{self.src.stem}.calibration.json"),
             extra_options={
                 "DedicatedQDQPair": True,
                 "ActivationSymmetric": False,
@@ -185,25 +210,31 @@ def quantize_static_qdq(
             },
         )
 
+    def dynamic(self, dst: Path, keep_float: Sequence[str] = ()) -> None:
+        """Dynamic INT8 (int8 weights, per-call activation ranges) of the constant-weight MatMuls."""
+        from onnxruntime.quantization import QuantType, quantize_dynamic
 
-def quantize_dynamic_int8(src: Path, dst: Path, exclude: Sequence[str] = DEFAULT_EXCLUDE, keep_float: Sequence[str] = ()) -> None:
-    """Dynamic INT8 (int8 weights, per-call activation ranges) of the constant-weight MatMuls of a graph.
-
-    Nodes whose names contain an `exclude` substring, and the nodes named in `keep_float`, stay float."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with tempfile.TemporaryDirectory() as work:
-        pre = _preprocess(src, Path(work))
         quantize_dynamic(
-            str(pre),
+            str(self.pre),
             str(dst),
             op_types_to_quantize=["MatMul", "Gemm"],
             per_channel=False,
-            reduce_range=True,
+            reduce_range=self.reduce_range,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=_nodes_to_exclude(pre, exclude, keep_float),
+            nodes_to_exclude=self._excluded(keep_float),
             extra_options={"MatMulConstBOnly": True},
         )
+
+
+def quantize_dynamic_int8(
+    src: Path, dst: Path, exclude: Sequence[str] = DEFAULT_EXCLUDE, keep_float: Sequence[str] = (), *, reduce_range: bool | None = None
+) -> None:
+    """Dynamic INT8 of one graph in one call (`GraphQuantizer.dynamic`); `reduce_range` None follows the CPU."""
+    from xvlm_edge.cpu import needs_reduced_range
+
+    with tempfile.TemporaryDirectory() as work:
+        reduce = needs_reduced_range() if reduce_range is None else reduce_range
+        GraphQuantizer(src, Path(work), reduce_range=reduce, exclude=exclude).dynamic(dst, keep_float)
 
 
 def qdq_violations(model_path: Path) -> list[str]:
@@ -240,12 +271,12 @@ def count_ops(model_path: Path) -> dict[str, int]:
 
 __all__ = [
     "DEFAULT_EXCLUDE",
+    "GraphQuantizer",
     "count_ops",
     "folder_images",
     "qdq_violations",
     "quantizable_nodes",
     "quantize_dynamic_int8",
-    "quantize_static_qdq",
     "synthetic_images",
     "to_pixels",
 ]

@@ -84,9 +84,9 @@ def relative_errors(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
 
 def _run(path: Path, feeds: Sequence[dict[str, np.ndarray]], threads: int | None) -> dict[str, np.ndarray]:
     """Every output of `path` on every feed, concatenated per output (flattened) for one norm over all feeds."""
-    from xvlm_edge.export.onnx import session
+    from xvlm_edge.runtime.onnxruntime_backend import ort_session
 
-    sess = session(path, threads)
+    sess = ort_session(path, threads)
     names = [o.name for o in sess.get_outputs()]
     runs = [sess.run(names, feed) for feed in feeds]
     return {n: np.concatenate([r[i].ravel() for r in runs]) for i, n in enumerate(names)}

@@ -9,7 +9,7 @@ the sha256 check, torch tensors and streams.
 Zero-copy: inputs are bound by `data_ptr()`, outputs are allocated by torch with the shapes TensorRT infers
 and written in place, on the caller's current CUDA stream. Nothing is copied unless the caller hands in a
 tensor of the wrong device or dtype, which `TensorRTEngine.run` refuses and only `TensorRTRuntime.run` (the
-CPU-fp32-in, CPU-fp32-out `Runtime` contract) converts.
+`Runtime` contract, whose callers may hand in CPU tensors) converts.
 
 Without TensorRT compiled into `_C` every entry point here raises `BackendUnavailableError` with the install
 hint; `read_engine_dir` still validates a directory (it needs no TensorRT).
@@ -24,7 +24,8 @@ import torch
 
 from xvlm_edge import _C
 from xvlm_edge.errors import BackendUnavailableError, EngineError
-from xvlm_edge.runtime import Runtime, sha256_file
+from xvlm_edge.files import sha256_file
+from xvlm_edge.runtime.base import Runtime
 
 INSTALL_HINT = (
     "rebuild xvlm_edge against TensorRT 10 or 11 on a CUDA machine: "
@@ -127,7 +128,7 @@ class TensorRTEngine:
 
 
 class TensorRTRuntime(Runtime):
-    """The graphs of an engine directory behind the `Runtime` interface (CPU fp32 in and out, like torch's)."""
+    """The graphs of an engine directory behind the `Runtime` interface (any tensors in, CUDA tensors out)."""
 
     name = "tensorrt"
 
@@ -186,9 +187,7 @@ class TensorRTRuntime(Runtime):
             feed[n] = x.clone() if x.data_ptr() % 256 else x
         with torch.cuda.device(self.device):
             out = engine.run(feed)
-        return tuple(
-            y.float().cpu() if y.is_floating_point() else y.cpu() for y in (out[n] for n in engine.output_names)
-        )
+        return tuple(out[n] for n in engine.output_names)  # on the device: a decoder's cache stays there
 
 
 __all__ = ["INSTALL_HINT", "TORCH_DTYPES", "TensorRTEngine", "TensorRTRuntime", "read_engine_dir", "require_tensorrt"]

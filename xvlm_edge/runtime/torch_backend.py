@@ -2,27 +2,37 @@
 
 (Named `torch_backend` so that the submodule never shadows the `torch` package inside `xvlm_edge.runtime`.)
 
-One CPU-specific change: the decoders' linear layers compute `(W @ x^T)^T` when x has few rows. A cached
-decode step multiplies 3 rows (the beams) by every weight, so it is bound by streaming the weights from
-memory, and on the 2-core EPYC we measured `F.linear` (oneDNN, x @ W^T) streaming DRAM-resident weights at
-~2.9 GB/s but `torch.mm(W, x^T)` at ~9 GB/s: the same math, a 3x faster step. Only the summation order
-changes (~1e-7 relative); the parity tests run with it.
+The runtime owns the modules it runs and never changes the caller's: on the caller's device and dtype it
+runs a copy of the module tree that shares the caller's tensors (no memory doubled); otherwise a converted
+copy. Outputs stay on the runtime's device (`runtime/base.py`).
+
+One CPU-specific change, made in the runtime's own decoder modules: their linear layers are
+`StreamingLinear`, which computes `(W @ x^T)^T` when x has few rows. A cached decode step multiplies 3 rows
+(the beams) by every weight, so it is bound by streaming the weights from memory, and on a 2-core EPYC
+`F.linear` (oneDNN, x @ W^T) streamed DRAM-resident weights at ~2.9 GB/s but `torch.mm(W, x^T)` at ~9 GB/s:
+the same math, a 3x faster step (`benchmarks/bench_tasks.py` times both). Only the summation order changes
+(~1e-7 relative); the parity tests run with it.
 """
 
 from __future__ import annotations
 
-import types
+import copy
+import itertools
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from xvlm_edge.errors import BackendUnavailableError, EngineError
-from xvlm_edge.graphs import build_graphs, decoder_shape
+from xvlm_edge.graphs import STEP, build_graphs, decoder_graph, decoder_shape
 from xvlm_edge.models.bert import LMHead
 from xvlm_edge.models.xvlm import XVLM
-from xvlm_edge.runtime import Runtime
+from xvlm_edge.runtime.base import Runtime
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+#: Rows up to which `(W @ x^T)^T` beats `F.linear` on CPU (a decode step has beams x 1 rows).
+SKINNY_ROWS = 16
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -40,6 +50,79 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+# -- the CPU streaming trick -----------------------------------------------------------------------------
+
+
+def streaming_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`, computed as `(W @ x^T)^T` when x has at most `SKINNY_ROWS` rows.
+
+    Traced, scripted, compiled or exported, it is plain `F.linear`: the row count of the example must never
+    become a constant of a graph.
+    """
+    rows = x.numel() // x.shape[-1]
+    if rows > SKINNY_ROWS or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return F.linear(x, weight, bias)
+    out = torch.mm(weight, x.reshape(rows, x.shape[-1]).t()).t()  # (out, in) @ (in, rows) -> (rows, out)
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class StreamingLinear(nn.Module):
+    """An `nn.Linear` (same parameters, same keys) that streams its weight for skinny inputs on CPU."""
+
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None) -> None:
+        super().__init__()
+        self.weight = weight
+        self.bias = bias
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> StreamingLinear:
+        """A StreamingLinear sharing `linear`'s parameters."""
+        return cls(linear.weight, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return streaming_linear(x, self.weight, self.bias)
+
+
+class StreamingLMHead(nn.Module):
+    """`LMHead` (same parameters, same keys) with the tied vocabulary projection streamed: a quarter of a step."""
+
+    def __init__(self, head: LMHead) -> None:
+        super().__init__()
+        self.transform, self.act, self.bias = head.transform, head.act, head.bias
+
+    def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        x = self.transform.LayerNorm(self.act(self.transform.dense(x)))
+        return streaming_linear(x, word_embeddings, self.bias)
+
+
+def stream_weights(module: nn.Module) -> None:
+    """Replace every `nn.Linear` and `LMHead` under `module` (which must be the caller's own) by its
+    streaming version, sharing the parameters."""
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Linear:
+                setattr(parent, name, StreamingLinear.from_linear(child))
+            elif type(child) is LMHead:
+                setattr(parent, name, StreamingLMHead(child))
+
+
+def own_copy(model: XVLM, device: torch.device, dtype: torch.dtype) -> XVLM:
+    """A module tree of our own for `model` on `device`/`dtype`, in eval mode, `model` left as it was.
+
+    Already there: new modules over the same tensors (swapping a submodule or calling `.eval()` on ours
+    cannot reach the caller's). Elsewhere: a converted copy (`.to()` would move the caller's tensors).
+    """
+    tensors = list(itertools.chain(model.parameters(), model.buffers()))
+    in_place = all(t.device == device and (t.dtype == dtype or not t.is_floating_point()) for t in tensors)
+    if in_place:
+        ours = copy.deepcopy(model, memo={id(t): t for t in tensors})
+    else:
+        ours = copy.deepcopy(model).to(device=device, dtype=dtype)
+    return ours.eval()
+
+
 class TorchRuntime(Runtime):
     name = "torch"
 
@@ -52,11 +135,11 @@ class TorchRuntime(Runtime):
             )
         self.precision = precision
         self.dtype = _DTYPES[precision]
-        self.model = model.eval().to(device=self.device, dtype=self.dtype)
+        self.model = own_copy(model, self.device, self.dtype)
         if self.device.type == "cpu":
             for name in ("caption_decoder", "answer_decoder"):
                 if hasattr(self.model, name):
-                    _stream_skinny_linears(getattr(self.model, name))
+                    stream_weights(getattr(self.model, name))
         self.graphs = build_graphs(self.model)
         self.info = {"backend": self.name, "device": str(self.device), "precision": precision}
 
@@ -67,9 +150,9 @@ class TorchRuntime(Runtime):
         return tuple(self._graph(graph).OUTPUTS)
 
     def cache_shape(self, decoder: str) -> tuple[int, int, int]:
-        return decoder_shape(self._graph(f"{decoder}_step").decoder)
+        return decoder_shape(self._graph(decoder_graph(decoder, STEP)).decoder)
 
-    def _graph(self, name: str) -> torch.nn.Module:
+    def _graph(self, name: str) -> nn.Module:
         graph = self.graphs.get(name)
         if graph is None:
             raise EngineError(f"graph {name!r} does not exist for this checkpoint (has {sorted(self.graphs)})")
@@ -79,39 +162,7 @@ class TorchRuntime(Runtime):
     def run(self, graph: str, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         module = self._graph(graph)
         moved = [x.to(self.device, self.dtype if x.is_floating_point() else x.dtype) for x in inputs]
-        outputs = module(*moved)
-        return tuple(y.float().cpu() if y.is_floating_point() else y.cpu() for y in outputs)
+        return tuple(module(*moved))
 
 
-#: Rows up to which `(W @ x^T)^T` beats `F.linear` on CPU (a decode step has beams x 1 rows).
-SKINNY_ROWS = 16
-
-
-def _skinny_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    rows = x.numel() // x.shape[-1]
-    if rows > SKINNY_ROWS:
-        return F.linear(x, self.weight, self.bias)
-    flat = x.reshape(rows, x.shape[-1])  # (rows, in)
-    out = torch.mm(self.weight, flat.t()).t()  # (out, in) @ (in, rows) -> (rows, out)
-    if self.bias is not None:
-        out = out + self.bias
-    return out.reshape(*x.shape[:-1], out.shape[-1])
-
-
-def _skinny_lm_head(self: LMHead, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-    """`LMHead.forward` with the tied vocabulary projection streamed like `_skinny_linear` (a quarter of a step)."""
-    x = self.transform.LayerNorm(self.act(self.transform.dense(x)))
-    rows = x.numel() // x.shape[-1]
-    if rows > SKINNY_ROWS:
-        return F.linear(x, word_embeddings, self.bias)
-    out = torch.mm(word_embeddings, x.reshape(rows, x.shape[-1]).t()).t() + self.bias  # (rows, vocab)
-    return out.reshape(*x.shape[:-1], out.shape[-1])
-
-
-def _stream_skinny_linears(module: torch.nn.Module) -> None:
-    """Route every nn.Linear and LM head under `module` through the skinny versions (see the module docstring)."""
-    for layer in module.modules():
-        if type(layer) is torch.nn.Linear:
-            layer.forward = types.MethodType(_skinny_linear, layer)
-        elif type(layer) is LMHead:
-            layer.forward = types.MethodType(_skinny_lm_head, layer)
+__all__ = ["SKINNY_ROWS", "StreamingLMHead", "StreamingLinear", "TorchRuntime", "own_copy", "resolve_device", "stream_weights", "streaming_linear"]

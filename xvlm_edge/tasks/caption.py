@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from xvlm_edge.runtime import Runtime, full_image_atts
-from xvlm_edge.tasks.decoding import CachedDecoder, UncachedDecoder, beam_search, greedy
+from xvlm_edge.tasks.decoding import UncachedDecoder, beam_search, greedy
 from xvlm_edge.tokenizer import Tokenizer
 
 
@@ -40,7 +40,7 @@ def generate_captions(
     prompt_ids = tokenizer.caption_prompt_ids(prompt)[None].expand(len(image_embeds), -1)  # (B, P)
     atts = full_image_atts(len(image_embeds), image_embeds.shape[1])
     if cached:
-        decoder = CachedDecoder(runtime, "caption", runtime.cross_kv("caption", image_embeds), atts)
+        decoder = runtime.decoder("caption", image_embeds, atts)
     else:
         decoder = UncachedDecoder(runtime, "caption", image_embeds, atts)
     eos, pad = tokenizer.sep_id, tokenizer.pad_id

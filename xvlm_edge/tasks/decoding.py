@@ -9,10 +9,12 @@
   candidates per step, an eos candidate kept only if it ranks in the top n, stop at `max_length` or when every
   image has n finished hypotheses that no open beam can beat.
 
-Both talk to a `StepDecoder`. `CachedDecoder` keeps the self-attention K/V of past tokens and reads
-per-image cross K/V projected once (`graphs.CrossKVGraph`), so a step feeds one token per row.
-`UncachedDecoder` is the reference: every step re-runs the whole prefix and re-projects the image K/V for
-every row, as the official code without a cache does. Tests and the benchmark check they give equal ids.
+Both talk to a `StepDecoder`. A runtime's `DecoderState` (`runtime/base.py`) keeps the self-attention K/V of
+past tokens and the per-image cross K/V projected once (`graphs.CrossKVGraph`) on the runtime's device, so a
+step feeds one token per row. `UncachedDecoder` is the reference: every step re-runs the whole prefix and
+re-projects the image K/V for every row, as the official code without a cache does. Tests and the benchmark
+check they give equal ids. The bookkeeping is tensor ops on the logits' device; only finished hypotheses
+(a few per image) go through Python.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from xvlm_edge.graphs import CrossKV
 from xvlm_edge.runtime import Runtime
 
 
@@ -31,43 +32,11 @@ class StepDecoder(Protocol):
     def start(self, ids: torch.Tensor, cross_index: torch.Tensor) -> torch.Tensor:
         """Feed the prompt (R, P) of rows reading states `cross_index` (R,); next-token logits (R, vocab)."""
 
-    def step(self, new_ids: torch.Tensor) -> torch.Tensor:
+    def feed(self, new_ids: torch.Tensor) -> torch.Tensor:
         """Feed one new token per row (R, 1); next-token logits (R, vocab)."""
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep rows `rows` (R',) of the state, in that order (beam selection; prompt expansion)."""
-
-
-class CachedDecoder:
-    """Self-attention KV cache + cross K/V projected once per image: a step costs one token per row."""
-
-    def __init__(self, runtime: Runtime, decoder: str, cross: CrossKV, cross_atts: torch.Tensor) -> None:
-        self.runtime, self.graph, self.decoder = runtime, f"{decoder}_step", decoder
-        self.cross, self.cross_atts = cross, cross_atts  # (L, B, heads, S, d) x2, (B, S)
-
-    def start(self, ids: torch.Tensor, cross_index: torch.Tensor) -> torch.Tensor:
-        self.index = cross_index
-        self.cache = self.runtime.empty_cache(self.decoder, len(ids))
-        self.length = 0
-        return self._run(ids)
-
-    def step(self, new_ids: torch.Tensor) -> torch.Tensor:
-        return self._run(new_ids)
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        self.index = self.index[rows]
-        self.cache = (self.cache[0][:, rows], self.cache[1][:, rows])  # (L, R', heads, P, d)
-
-    def _run(self, ids: torch.Tensor) -> torch.Tensor:
-        self.length += ids.shape[1]
-        # All ones, as the official `prepare_inputs_for_generation`: pads after eos stay visible (finished rows only).
-        self_atts = torch.ones(len(ids), self.length, dtype=torch.long)
-        images, rows = self.cross.k.shape[1], len(self.index)
-        if rows % images or not torch.equal(self.index, torch.arange(rows) // max(1, rows // images)):
-            raise ValueError(f"the step graph reads image b from rows b*r .. b*r + r - 1; rows read images {self.index.tolist()}")
-        out = self.runtime.decoder_step(self.graph, ids, self_atts, *self.cache, self.cross, self.cross_atts[self.index])
-        self.cache = (out.cache_k, out.cache_v)
-        return out.logits
 
 
 class UncachedDecoder:
@@ -76,27 +45,25 @@ class UncachedDecoder:
     keeps the last position)."""
 
     def __init__(self, runtime: Runtime, decoder: str, states: torch.Tensor, cross_atts: torch.Tensor) -> None:
-        self.runtime, self.graph, self.decoder = runtime, f"{decoder}_score", decoder
+        self.runtime, self.decoder = runtime, decoder
         self.states, self.cross_atts = states, cross_atts  # (B, S, C), (B, S)
 
     def start(self, ids: torch.Tensor, cross_index: torch.Tensor) -> torch.Tensor:
         self.ids, self.index = ids, cross_index
         return self._run()
 
-    def step(self, new_ids: torch.Tensor) -> torch.Tensor:
-        self.ids = torch.cat([self.ids, new_ids], dim=1)
+    def feed(self, new_ids: torch.Tensor) -> torch.Tensor:
+        self.ids = torch.cat([self.ids, new_ids.to(self.ids.device)], dim=1)
         return self._run()
 
     def reorder(self, rows: torch.Tensor) -> None:
+        rows = rows.cpu()
         self.ids, self.index = self.ids[rows], self.index[rows]
 
     def _run(self) -> torch.Tensor:
-        rows = len(self.ids)
-        cross = self.runtime.cross_kv(self.decoder, self.states[self.index])  # one copy per row, as official
-        empty = self.runtime.empty_cache(self.decoder, rows)
-        self_atts = torch.ones(rows, self.ids.shape[1], dtype=torch.long)
-        out = self.runtime.decoder_step(self.graph, self.ids, self_atts, *empty, cross, self.cross_atts[self.index])
-        return out.logits[:, -1]
+        index = self.index.cpu()
+        state = self.runtime.decoder(self.decoder, self.states[index], self.cross_atts[index])  # one copy per row
+        return state.start(self.ids, torch.arange(len(self.ids)), every_position=True)[:, -1]
 
 
 @dataclass
@@ -113,12 +80,13 @@ def greedy(
     """OSCAR greedy decoding of B rows from prompt (B, P); row b reads state b.
 
     Returns ids (B, max_length), padded with `pad_id`, and the mean log-probability (B,) of the tokens
-    generated while each row was unfinished (eos included; a forced final eos counts the argmax it replaced).
+    generated while each row was unfinished (eos included; a forced final eos counts the argmax it replaced),
+    both on the CPU.
     """
-    ids = prompt
     rows = len(prompt)
     logits = decoder.start(prompt, torch.arange(rows))
-    unfinished = torch.ones(rows, dtype=torch.long)
+    ids = prompt.to(logits.device)
+    unfinished = torch.ones(rows, dtype=torch.long, device=logits.device)
     logprobs, alive = [], []
     cur_len = prompt.shape[1]
     while cur_len < max_length:
@@ -131,14 +99,14 @@ def greedy(
         cur_len += 1
         if unfinished.max() == 0 or cur_len == max_length:
             break
-        logits = decoder.step(tokens[:, None])
+        logits = decoder.feed(tokens[:, None])
     if cur_len == max_length:
         ids[:, -1] = torch.where(unfinished.bool(), torch.full_like(ids[:, -1], eos_id), ids[:, -1])
     mask = torch.stack(alive, 1).float()  # (B, steps)
     mean_logprob = (torch.stack(logprobs, 1) * mask).sum(1) / mask.sum(1)
     if ids.shape[1] < max_length:
         ids = torch.cat([ids, ids.new_full((rows, max_length - ids.shape[1]), pad_id)], dim=1)
-    return ids, mean_logprob
+    return ids.cpu(), mean_logprob.cpu()
 
 
 class _Hypotheses:
@@ -184,15 +152,18 @@ def beam_search(
     """
     batch, n = len(prompt), num_beams
     logits = decoder.start(prompt, torch.arange(batch))  # (B, V)
-    expand = torch.arange(batch).repeat_interleave(n)  # (B*n,)
+    device = logits.device
+    expand = torch.arange(batch, device=device).repeat_interleave(n)  # (B*n,)
     decoder.reorder(expand)
     logits = logits[expand]
-    ids = prompt[expand]  # (B*n, P)
-    beam_scores = torch.zeros(batch, n)
+    ids = prompt.to(device)[expand]  # (B*n, P)
+    beam_scores = torch.zeros(batch, n, device=device)
     beam_scores[:, 1:] = -1e9  # only the first beam is live at the start
     beam_scores = beam_scores.view(-1)
+    own_rows = torch.arange(batch * n, device=device).view(batch, n)  # image b's rows: b*n .. b*n + n - 1
+    rank = torch.arange(2 * n, device=device)
     hyps = [_Hypotheses(n, length_penalty) for _ in range(batch)]
-    done = [False] * batch
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
     while True:
         cur_len = ids.shape[1]
         scores = F.log_softmax(logits, dim=-1)  # (B*n, V)
@@ -200,44 +171,43 @@ def beam_search(
             scores[:, eos_id] = -float("inf")
         scores = scores + beam_scores[:, None]
         vocab = scores.shape[-1]
-        top_scores, top_tokens = torch.topk(scores.view(batch, n * vocab), 2 * n, dim=1, largest=True, sorted=True)
-        top_beams, top_tokens = top_tokens // vocab, top_tokens % vocab
-
-        next_scores = torch.zeros(batch, n)
-        next_tokens = torch.zeros(batch, n, dtype=torch.long)
-        next_rows = torch.zeros(batch, n, dtype=torch.long)
-        for b in range(batch):
-            if done[b]:
-                next_tokens[b] = pad_id  # HF pads finished images; their rows are never read again,
-                next_rows[b] = torch.arange(b * n, (b + 1) * n)  # but stay in place: rows are grouped by image
-                continue
-            slot = 0
-            for rank in range(2 * n):
-                token, score, row = int(top_tokens[b, rank]), float(top_scores[b, rank]), b * n + int(top_beams[b, rank])
-                if token == eos_id:
-                    if rank < n:  # an eos outside the top n beams is not a hypothesis
-                        hyps[b].add(ids[row].clone(), score)
-                else:
-                    next_scores[b, slot], next_tokens[b, slot], next_rows[b, slot] = top_scores[b, rank], token, row
-                    slot += 1
-                if slot == n:
-                    break
-            done[b] = done[b] or hyps[b].is_done(float(top_scores[b].max()), cur_len)
+        top_scores, top = torch.topk(scores.view(batch, n * vocab), 2 * n, dim=1, largest=True, sorted=True)  # (B, 2n)
+        top_rows, top_tokens = own_rows[:, :1] + top // vocab, top % vocab
+        is_eos = top_tokens == eos_id
+        # An eos among an open image's top n candidates finishes a hypothesis; one ranked lower is dropped.
+        finished = (is_eos & (rank < n) & ~done[:, None]).nonzero().tolist()
+        if finished:
+            finished_scores = top_scores.tolist()
+            for b, r in finished:  # rank order within an image, as HF adds them
+                hyps[b].add(ids[top_rows[b, r]].clone(), finished_scores[b][r])
+        # The n best non-eos candidates are the next beams (among 2n there are at least n: a beam has one eos).
+        keep = ~is_eos & (torch.cumsum(~is_eos, dim=1) <= n)
+        next_scores, next_tokens, next_rows = (x[keep].view(batch, n) for x in (top_scores, top_tokens, top_rows))
+        # HF pads finished images; their rows are never read again, but stay in place: rows are grouped by image.
+        closed = done[:, None]
+        next_scores = torch.where(closed, torch.zeros_like(next_scores), next_scores)
+        next_tokens = torch.where(closed, torch.full_like(next_tokens, pad_id), next_tokens)
+        next_rows = torch.where(closed, own_rows, next_rows)
+        best = top_scores[:, 0].tolist()
+        newly_done = [not d and hyps[b].is_done(best[b], cur_len) for b, d in enumerate(done.tolist())]
+        done = done | torch.tensor(newly_done, device=device)
 
         beam_scores, rows, tokens = next_scores.view(-1), next_rows.view(-1), next_tokens.view(-1)
         ids = torch.cat([ids[rows], tokens[:, None]], dim=1)
-        if all(done) or ids.shape[1] >= max_length:
+        if bool(done.all()) or ids.shape[1] >= max_length:
             break
         decoder.reorder(rows)
-        logits = decoder.step(tokens[:, None])
+        logits = decoder.feed(tokens[:, None])
 
     results = []
-    for b in range(batch):
-        if not done[b]:
+    final_scores = beam_scores.tolist()
+    for b, finished_image in enumerate(done.tolist()):
+        if not finished_image:
             for beam in range(n):
-                hyps[b].add(ids[b * n + beam], float(beam_scores[b * n + beam]))
-        score, best = sorted(hyps[b].beams, key=lambda item: item[0])[-1]  # noqa: FURB192 (HF takes the last of a stable sort; max takes the first on ties)
-        if len(best) < max_length:
-            best = torch.cat([best, best.new_tensor([eos_id])])
-        results.append(Generated(best, score))
+                hyps[b].add(ids[b * n + beam], final_scores[b * n + beam])
+        score, best_ids = sorted(hyps[b].beams, key=lambda item: item[0])[-1]  # noqa: FURB192 (HF takes the last of a stable sort; max takes the first on ties)
+        best_ids = best_ids.cpu()
+        if len(best_ids) < max_length:
+            best_ids = torch.cat([best_ids, best_ids.new_tensor([eos_id])])
+        results.append(Generated(best_ids, score))
     return results

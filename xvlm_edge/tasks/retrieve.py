@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xvlm_edge.graphs import ImageEncoding, TextEncoding
+from xvlm_edge.graphs import TEXT_CHUNK, ImageEncoding, TextEncoding
 from xvlm_edge.runtime import Runtime
 
 #: Official value of the score matrices outside the re-ranked top-k.
@@ -42,7 +42,7 @@ def _ranked(row: torch.Tensor) -> list[tuple[int, float]]:
 
 
 def retrieval_scores(
-    runtime: Runtime, images: ImageEncoding, texts: TextEncoding, text_atts: torch.Tensor, k: int, chunk: int = 128
+    runtime: Runtime, images: ImageEncoding, texts: TextEncoding, text_atts: torch.Tensor, k: int, chunk: int = TEXT_CHUNK
 ) -> RetrievalScores:
     """The official score matrices for I encoded images and T encoded texts, re-ranking the top `k`."""
     sims = images.image_feat @ texts.text_feat.T  # (I, T)
@@ -68,7 +68,7 @@ def itm_scores(
     text_atts: torch.Tensor,
     image_rows: torch.Tensor,
     text_rows: torch.Tensor,
-    chunk: int = 128,
+    chunk: int = TEXT_CHUNK,
 ) -> torch.Tensor:
     """Raw positive ITM logit (P,) of pairs (image_rows[p], text_rows[p]); image K/V once per image per chunk."""
     out = []

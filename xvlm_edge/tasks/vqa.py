@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from xvlm_edge.runtime import Runtime
-from xvlm_edge.tasks.decoding import CachedDecoder, greedy
+from xvlm_edge.tasks.decoding import greedy
 from xvlm_edge.tokenizer import Tokenizer
 
 
@@ -48,25 +48,22 @@ def rank_answers(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Official `rank_answer`: (topk_ids (Q, k) into the answer list, topk_probs (Q, k)), best first."""
     num_questions, k = len(states), min(k, len(answer_ids))
-    cross = runtime.cross_kv("answer", states)
+    decoder = runtime.decoder("answer", states, question_atts)
     questions = torch.arange(num_questions)
     start = answer_ids[:1, :1].expand(num_questions, 1)  # the answers' [CLS] starts decoding
-    cache = runtime.empty_cache("answer", num_questions)
-    first = runtime.decoder_step("answer_step", start, torch.ones_like(start), *cache, cross, question_atts)
-    first_probs = first.logits.softmax(-1)[:, answer_ids[:, 1]]  # (Q, A)
+    first_logits = decoder.start(start, questions).cpu()  # (Q, V)
+    first_probs = first_logits.softmax(-1)[:, answer_ids[:, 1]]  # (Q, A)
     topk_probs, topk_ids = first_probs.topk(k, dim=1)
 
-    rows = questions.repeat_interleave(k)  # (Q*k,)
+    rows = questions.repeat_interleave(k)  # (Q*k,): question q's k candidates, consecutive (grouped by question)
     ids, atts = answer_ids[topk_ids.flatten()], answer_atts[topk_ids.flatten()]  # (Q*k, L)
     width = int(atts.sum(1).max())
     ids, atts = ids[:, :width], atts[:, :width]
-    logits = first.logits[rows][:, None]  # (Q*k, 1, V): the [CLS] step (cached) predicted token 1
+    logits = first_logits[rows][:, None]  # (Q*k, 1, V): the [CLS] step (cached) predicted token 1
     if width > 2:  # positions 1..L-2 predict tokens 2..L-1
-        rest = runtime.decoder_step(
-            "answer_score", ids[:, 1 : width - 1], atts[:, : width - 1], first.cache_k[:, rows], first.cache_v[:, rows],
-            cross, question_atts[rows],
-        )  # fmt: skip  (rows = question q's k candidates, consecutive: grouped as the graph reads them)
-        logits = torch.cat([logits, rest.logits], dim=1)  # (Q*k, L-1, V)
+        decoder.reorder(rows)
+        rest = decoder.feed(ids[:, 1 : width - 1], self_atts=atts[:, : width - 1], every_position=True)
+        logits = torch.cat([logits, rest.cpu()], dim=1)  # (Q*k, L-1, V)
     targets = ids[:, 1:]  # (Q*k, L-1)
     token_logprobs = F.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
     answer_logprob = (token_logprobs * (targets != pad_id)).sum(1)  # = -(official summed LM loss)
@@ -79,8 +76,7 @@ def generate_answers(
     runtime: Runtime, tokenizer: Tokenizer, states: torch.Tensor, question_atts: torch.Tensor, max_new_tokens: int
 ) -> list[Answer]:
     """Open-ended answers: greedy decoding from [CLS] with the answer decoder until [SEP]."""
-    cross = runtime.cross_kv("answer", states)
-    decoder = CachedDecoder(runtime, "answer", cross, question_atts)
+    decoder = runtime.decoder("answer", states, question_atts)
     prompt = torch.full((len(states), 1), tokenizer.cls_id, dtype=torch.long)
     ids, logprobs = greedy(decoder, prompt, 1 + max_new_tokens, tokenizer.sep_id, tokenizer.pad_id)
     return [Answer(tokenizer.decode(row), float(lp), []) for row, lp in zip(ids, logprobs)]

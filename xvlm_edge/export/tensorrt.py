@@ -1,11 +1,11 @@
 """TensorRT engines from a TensorRT-target ONNX export: optimisation profiles from user limits, then one engine
-and one manifest per graph, the engine directory `runtime/tensorrt.py` runs.
+and one manifest per graph, the engine directory `runtime/tensorrt.py` runs (`xvlm-edge engines`).
 
-Profiles. The export manifest names every dynamic axis of every graph input (`export/onnx.py::graph_axes`):
-"images", "rows", "tokens", "past", "new", "total", "keys", "cross_tokens". `axis_ranges` gives each name ONE
-(min, opt, max) per graph, so every input that shares an axis gets the same range: TensorRT refuses a profile
-whose opt shapes break the network's shape constraints, and warns about min/max that do. The relations the
-graphs impose hold at each of min, opt and max:
+Profiles. The export manifest names every dynamic axis of every graph input (the graph catalogue,
+`graphs.catalogue`): "images", "rows", "tokens", "past", "new", "total", "keys", "cross_tokens". `axis_ranges`
+gives each name ONE (min, opt, max) per graph, so every input that shares an axis gets the same range:
+TensorRT refuses a profile whose opt shapes break the network's shape constraints, and warns about min/max
+that do. The relations the graphs impose (`graphs.AXIS_RELATIONS`) hold at each of min, opt and max:
 - `total = past + new` (the self-attention mask spans the cache plus the new tokens), so total's range is the
   sum of the two, and its max (2 x max_cache - 1) is larger than any call makes;
 - decoder rows come grouped by image (`graphs.DecoderStepGraph`): rows = images x r, so max_decoder_rows is a
@@ -30,38 +30,44 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from xvlm_edge import _C
-from xvlm_edge.checkpoint import atomic_directory
 from xvlm_edge.config import ModelConfig
 from xvlm_edge.errors import EngineError, InputError
-from xvlm_edge.runtime.tensorrt import read_engine_dir, require_tensorrt, sha256_file
+from xvlm_edge.files import atomic_directory, sha256_file
+from xvlm_edge.graphs import (
+    DECODER_ROWS,
+    ENCODER,
+    IMAGE_CHUNK,
+    MAX_DECODER_TOKENS,
+    MAX_TOKENS,
+    SCORE,
+    TEXT_CHUNK,
+    GraphSpec,
+    catalogue,
+)
+from xvlm_edge.manifest import ExportManifest
+from xvlm_edge.runtime.tensorrt import read_engine_dir, require_tensorrt
 
 log = logging.getLogger(__name__)
 
 #: Where `build_engines` puts the engines when no directory is given: inside the export they come from, so a
 #: re-export (which replaces the export directory) never leaves engines of the old ONNX behind.
 DEFAULT_ENGINE_SUBDIR = "engines"
-#: Graphs that read images and text rows; the rest are decoder graphs `<decoder>_<kind>`.
-ENCODER_GRAPHS = ("vision", "text", "fusion", "multimodal", "nlvr")
-DECODERS = ("caption", "answer")
-DECODER_KINDS = ("cross_kv", "step", "score")
 
 
 @dataclass(frozen=True)
 class EngineLimits:
     """The largest (and the typical) call an engine must run; everything beyond max is refused at run time.
 
-    Defaults follow the API: it encodes up to 16 images per vision call (`api.IMAGE_CHUNK`), retrieval fuses
-    128 texts per chunk, `max_tokens` is the checkpoints' 40, and 128 decoder rows hold the official VQA
-    ranking (one question x k_test 128 answers) as well as 16 images x 8 beams of captioning. `max_cache` is
-    the most tokens a decoder row holds (prompt + generated): the official caption max_length is 20, open-ended
-    answers take 1 + 10. The opt values are what TensorRT tunes for: one image, three beams.
+    Defaults are the graph catalogue's chunk limits (`graphs.IMAGE_CHUNK` ...), which the tasks chunk to: 128
+    decoder rows hold the official VQA ranking (one question x k_test 128 answers) as well as 16 images x 8
+    beams of captioning. The opt values are what TensorRT tunes for: one image, three beams.
     """
 
-    max_images: int = 16  # images per call (VQA's answer decoder: questions per call)
-    max_text_rows: int = 128  # texts, phrases or boxes per call of text / fusion / multimodal / nlvr
-    max_tokens: int = 40  # tokens per text (and per VQA question, which the answer decoder reads)
-    max_decoder_rows: int = 128  # images x beams (captioning), questions x candidate answers (VQA ranking)
-    max_cache: int = 40  # past + new tokens of one decoder row
+    max_images: int = IMAGE_CHUNK  # images per call (VQA's answer decoder: questions per call)
+    max_text_rows: int = TEXT_CHUNK  # texts, phrases or boxes per call of text / fusion / multimodal / nlvr
+    max_tokens: int = MAX_TOKENS  # tokens per text (and per VQA question, which the answer decoder reads)
+    max_decoder_rows: int = DECODER_ROWS  # images x beams (captioning), questions x candidate answers (VQA)
+    max_cache: int = MAX_DECODER_TOKENS  # past + new tokens of one decoder row
     opt_images: int = 1
     opt_text_rows: int = 1
     opt_beams: int = 3
@@ -107,19 +113,16 @@ class AxisRange:
         return AxisRange(self.min + other.min, self.opt + other.opt, self.max + other.max)
 
 
-def axis_ranges(graph: str, limits: EngineLimits, image_tokens: int) -> dict[str, AxisRange]:
+def axis_ranges(spec: GraphSpec, limits: EngineLimits, image_tokens: int) -> dict[str, AxisRange]:
     """{axis name: range} for one graph; `image_tokens` is 1 + N, what a caption decoder cross-attends to."""
     images = AxisRange(1, limits.opt_images, limits.max_images)
     tokens = AxisRange(1, limits.opt_tokens, limits.max_tokens)
-    if graph in ENCODER_GRAPHS:
+    if spec.kind == ENCODER:
         return {"images": images, "rows": AxisRange(1, limits.opt_text_rows, limits.max_text_rows), "tokens": tokens}
-    decoder, _, kind = graph.partition("_")
-    if decoder not in DECODERS or kind not in DECODER_KINDS:
-        raise EngineError(f"graph {graph!r} is not one the TensorRT engine build knows: {ENCODER_GRAPHS} or <decoder>_<kind>")
-    keys = AxisRange(image_tokens, image_tokens, image_tokens) if decoder == "caption" else tokens
+    keys = AxisRange(image_tokens, image_tokens, image_tokens) if spec.decoder == "caption" else tokens
     # opt: a step feeds one new token after a cached prefix; a score call feeds the whole row after the one
     # cached [CLS] of VQA ranking (`tasks/vqa.py::rank_answers`). Both hold opt_tokens tokens.
-    past_opt, new_opt = (limits.opt_tokens - 1, 1) if kind != "score" else (1, limits.opt_tokens - 1)
+    past_opt, new_opt = (limits.opt_tokens - 1, 1) if spec.kind != SCORE else (1, limits.opt_tokens - 1)
     past = AxisRange(0, past_opt, limits.max_cache - 1)  # 0: the first step has an empty cache
     new = AxisRange(1, new_opt, limits.max_cache)  # max: the prompt, or a whole row to score
     return {
@@ -135,31 +138,34 @@ def axis_ranges(graph: str, limits: EngineLimits, image_tokens: int) -> dict[str
 
 
 def engine_profiles(
-    manifest: Mapping[str, Any], limits: EngineLimits, input_shapes: Mapping[str, Mapping[str, Sequence[int]]]
+    manifest: ExportManifest, limits: EngineLimits, input_shapes: Mapping[str, Mapping[str, Sequence[int]]]
 ) -> dict[str, list[_C.Profile]]:
-    """{graph: [profile]} for every graph of a TensorRT export manifest (`export_model`'s manifest.json).
+    """{graph: [profile]} for every graph of a TensorRT export manifest (`xvlm_edge.manifest`).
 
     `input_shapes` is {graph: {input: shape}} of the ONNX files, -1 where dynamic (`onnx_input_shapes`); the
     names of the dynamic axes come from the manifest and must mark exactly those dims. Pure: no file, no
     TensorRT. One profile per graph; `_C.select_profile` refuses a call outside it, naming input and dim.
     """
-    config = ModelConfig.from_dict(manifest["config"])
+    config = ModelConfig.from_dict(manifest.config)
+    specs = catalogue(config.heads)
     positions = config.text.max_position_embeddings
     for name in ("max_tokens", "max_cache"):
         if getattr(limits, name) > positions:
             raise InputError(f"engine limit {name}={getattr(limits, name)} exceeds the model's {positions} text positions")
     image_tokens = 1 + config.vision.grid**2
     profiles: dict[str, list[_C.Profile]] = {}
-    for graph, entry in manifest["graphs"].items():
-        axes = axis_ranges(graph, limits, image_tokens)
+    for graph, entry in manifest.graphs.items():
+        if graph not in specs:
+            raise EngineError(f"graph {graph!r} is not in the catalogue of a model with heads {list(config.heads)}", hint=_REEXPORT)
+        axes = axis_ranges(specs[graph], limits, image_tokens)
         shapes = input_shapes.get(graph)
         if shapes is None:
             raise EngineError(f"no input shapes for graph {graph!r}")
         ranges = {}
-        for name in entry["inputs"]:
+        for name in entry.inputs:
             if name not in shapes:
                 raise EngineError(f"graph {graph!r}: no shape for input {name!r} (the ONNX has {sorted(shapes)})")
-            named = {int(dim): axis for dim, axis in entry["dynamic_axes"].get(name, {}).items()}
+            named = {int(dim): axis for dim, axis in entry.dynamic_axes.get(name, {}).items()}
             bounds = [_dim_range(graph, name, i, size, named.get(i), axes) for i, size in enumerate(shapes[name])]
             if any(size < 0 for size in shapes[name]):
                 ranges[name] = ([b.min for b in bounds], [b.opt for b in bounds], [b.max for b in bounds])
@@ -216,12 +222,12 @@ def read_onnx_io(path: str | Path) -> tuple[list[_C.TensorSpec], list[_C.TensorS
     return inputs, outputs
 
 
-def onnx_input_shapes(export_dir: str | Path, manifest: Mapping[str, Any]) -> dict[str, dict[str, list[int]]]:
+def onnx_input_shapes(export_dir: str | Path, manifest: ExportManifest) -> dict[str, dict[str, list[int]]]:
     """{graph: {input: shape}} of every ONNX file the manifest lists (-1 where dynamic)."""
     root = Path(export_dir)
     shapes = {}
-    for graph, entry in manifest["graphs"].items():
-        inputs, _ = read_onnx_io(root / entry["file"])
+    for graph, entry in manifest.graphs.items():
+        inputs, _ = read_onnx_io(root / entry.file)
         shapes[graph] = {t.name: list(t.shape) for t in inputs}
     return shapes
 
@@ -303,37 +309,30 @@ def build_engines(
     the same layers). Raises BackendUnavailableError first when `_C` has no TensorRT.
     """
     require_tensorrt()
-    from xvlm_edge.runtime.onnxruntime_backend import MANIFEST, read_manifest
-
     limits = limits or EngineLimits()
     export_dir = Path(export_dir)
     final = export_dir / DEFAULT_ENGINE_SUBDIR if engine_dir is None else Path(engine_dir)
-    if not (export_dir / MANIFEST).is_file():
+    manifest = ExportManifest.read(export_dir)  # checks every ONNX file's sha256
+    if manifest.target != "tensorrt":
         raise EngineError(
-            f"no ONNX export at {export_dir} ({MANIFEST} is missing)",
-            hint="run: xvlm-edge export MODEL_DIR --target tensorrt --precision fp32|fp16|int8",
-        )
-    manifest = read_manifest(export_dir)  # checks every ONNX file's sha256
-    if manifest.get("target") != "tensorrt":
-        raise EngineError(
-            f"{export_dir} is an export for {manifest.get('target')!r}; TensorRT engines are built from a "
+            f"{export_dir} is an export for {manifest.target!r}; TensorRT engines are built from a "
             "--target tensorrt export (its ONNX avoids ops TensorRT lacks and carries the precision in its types)",
-            hint=f"run: xvlm-edge export MODEL_DIR --target tensorrt --precision {manifest.get('precision', 'fp16')}",
+            hint=f"run: xvlm-edge export MODEL_DIR --target tensorrt --precision {manifest.precision}",
         )
     _check_replaceable(final, export_dir)
     profiles = engine_profiles(manifest, limits, onnx_input_shapes(export_dir, manifest))
     version = _C.tensorrt_version()
-    graphs = list(manifest["graphs"])
-    log.info("building %d TensorRT %s engines from %s (TensorRT %s)", len(graphs), manifest["precision"], export_dir, version)
+    graphs = list(manifest.graphs)
+    log.info("building %d TensorRT %s engines from %s (TensorRT %s)", len(graphs), manifest.precision, export_dir, version)
     with atomic_directory(final) as staging:
         cache = Path(timing_cache) if timing_cache is not None else staging / "timing.cache"
         cache.parent.mkdir(parents=True, exist_ok=True)
         for i, graph in enumerate(graphs, 1):
             started = time.perf_counter()
             engine = staging / f"{graph}.engine"
-            onnx_path = export_dir / manifest["graphs"][graph]["file"]
+            onnx_path = export_dir / manifest.graphs[graph].file
             spec = _C.EngineBuilder(str(onnx_path), str(engine), profiles[graph], str(cache)).build()
-            engine_manifest = _C.EngineManifest(graph, engine.name, sha256_file(engine), version, manifest["precision"], spec)
+            engine_manifest = _C.EngineManifest(graph, engine.name, sha256_file(engine), version, manifest.precision, spec)
             (staging / f"{graph}.json").write_text(engine_manifest.to_json())  # the directory is renamed in whole
             log.info(
                 "engine %d/%d %s: %.1f s, %.1f MB", i, len(graphs), graph, time.perf_counter() - started, engine.stat().st_size / 1e6
