@@ -18,6 +18,7 @@ import torch
 
 from xvlm_edge import _C
 from xvlm_edge.errors import BackendUnavailableError, EngineError, XVLMEdgeError
+from xvlm_edge.files import sha256_file
 from xvlm_edge.runtime import tensorrt as trt_runtime
 
 REPO = Path(__file__).resolve().parents[1]
@@ -314,7 +315,7 @@ def test_tensorrt_build_and_run_match_torch(tmp_path: Path) -> None:
     spec = _C.EngineBuilder(str(onnx_path), str(engine_path), profiles, str(cache)).build()
     assert cache.is_file()
     version = _C.tensorrt_version()
-    m = _C.EngineManifest("tiny", "tiny.engine", trt_runtime.sha256_file(engine_path), version, "fp32", spec)
+    m = _C.EngineManifest("tiny", "tiny.engine", sha256_file(engine_path), version, "fp32", spec)
     engine = trt_runtime.TensorRTEngine(m, engine_path)
     for batch in (1, 4, 5, 16):
         x = torch.randn(batch, 8, device="cuda")

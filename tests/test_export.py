@@ -7,6 +7,7 @@ activation range is that of a flat grey picture) must be refused, and written on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from test_onnxruntime_backend import images, make_checkpoint
 
 from xvlm_edge.cli import main
 from xvlm_edge.config import LAYOUT_HEADS
+from xvlm_edge.cpu import needs_reduced_range
 from xvlm_edge.errors import BackendUnavailableError, EngineError, InputError
 from xvlm_edge.export import export_model
 from xvlm_edge.export.gate import AccuracyGateError, Thresholds, box_iou, gate
@@ -27,18 +29,22 @@ from xvlm_edge.export.onnx import (
     FP32_ATOL,
     TRACE_SIZES,
     Sizes,
-    check_graph,
+    check_parity,
     example_inputs,
 )
 from xvlm_edge.export.quantize import qdq_violations, synthetic_images
+from xvlm_edge.files import sha256_file
 from xvlm_edge.graphs import build_graphs
-from xvlm_edge.runtime.onnxruntime_backend import read_manifest, sha256_file
+from xvlm_edge.manifest import FORMAT_VERSION, ExportManifest
+from xvlm_edge.runtime.onnxruntime_backend import ort_session
 
 #: Sizes no export was traced or checked at: more images than rows, long text, a long cache.
 FRESH_SIZES = (Sizes(images=5, rows=4, tokens=11, past=7, new=1), Sizes(images=1, rows=7, tokens=2, past=0, new=3))
 #: Random tiny weights make captions fragile (near-tied logits), so the gate is tested on the bbox model,
 #: whose metrics (vision cosine, grounding IoU) are continuous.
 GATE = Thresholds(vision_cosine=0.998, ground_iou=0.8)  # tiny random model: good calibration 0.9992, a flat grey image 0.996
+#: Every calibration image the same grey: every activation range is that of a flat picture.
+FLAT = [np.full((96, 96, 3), 128, dtype=np.uint8)] * 4
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -59,6 +65,25 @@ def bbox_dir(tmp_path_factory) -> Path:
     return directory
 
 
+def test_manifest_format(caption_dir: Path) -> None:
+    """The manifest round-trips, and a reader refuses another format version naming it."""
+    root = caption_dir / "export" / "onnxruntime-fp32"
+    manifest = ExportManifest.read(root)
+    assert json.loads((root / "manifest.json").read_text()) == dataclasses.asdict(manifest)
+    assert manifest.format == FORMAT_VERSION and manifest.cpu_flags == json.loads((root / "manifest.json").read_text())["cpu_flags"]
+    data = json.loads((root / "manifest.json").read_text())
+    copy = root.parent / "copy"
+    shutil.copytree(root, copy)
+    (copy / "manifest.json").write_text(json.dumps({**data, "format": 1}))
+    with pytest.raises(EngineError, match="format 1") as info:
+        ExportManifest.read(copy)
+    assert "xvlm-edge export" in info.value.hint
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(EngineError, match="not a readable manifest"):
+        ExportManifest.read(copy)
+    shutil.rmtree(copy)
+
+
 def test_manifest_parity_and_hashes(caption_dir: Path) -> None:
     root = caption_dir / "export" / "onnxruntime-fp32"
     manifest = json.loads((root / "manifest.json").read_text())
@@ -66,12 +91,13 @@ def test_manifest_parity_and_hashes(caption_dir: Path) -> None:
     assert manifest["opset"] == 17 and manifest["config"]["heads"] == ["caption"] and manifest["precision"] == "fp32"
     for name, entry in manifest["graphs"].items():
         assert entry["sha256"] == sha256_file(root / entry["file"])
-        parity = manifest["parity_fp32_vs_torch"][name]
+        parity = manifest["parity"]["fp32_vs_torch"][name]
         assert parity["max_abs"] <= FP32_ATOL and len(parity["cases"]) == len(CHECK_SIZES)  # absolute on tiny models
-    checked = {c["sizes"]["images"] for c in manifest["parity_fp32_vs_torch"]["vision"]["cases"]}
+    checked = {c["sizes"]["images"] for c in manifest["parity"]["fp32_vs_torch"]["vision"]["cases"]}
     assert 1 in checked and checked - {TRACE_SIZES.images}  # batch 1 and untraced batches
     assert manifest["decoders"]["caption"] == [4, 4, 32]
-    read_manifest(root)  # verifies every hash
+    assert manifest["weights_sha256"] == sha256_file(caption_dir / "model.safetensors")
+    ExportManifest.read(root)  # verifies every hash
 
 
 def test_dynamic_axes_declared(caption_dir: Path) -> None:
@@ -90,44 +116,78 @@ def test_parity_at_fresh_sizes(caption_dir: Path, bbox_dir: Path, layout: str) -
     graphs = build_graphs(model)
     cases = [(s, example_inputs(model, graphs, s, seed=7 + i)) for i, s in enumerate(FRESH_SIZES)]
     for name in graphs:
-        found = check_graph(name, directory / "export" / "onnxruntime-fp32" / f"{name}.onnx", graphs, cases, threads=1)
+        sess = ort_session(directory / "export" / "onnxruntime-fp32" / f"{name}.onnx", threads=1)
+        found = check_parity(name, sess, graphs, cases, FP32_ATOL, "ONNX export", "")
         assert found["max_abs"] <= FP32_ATOL, name
 
 
 def test_qdq_structure_and_gate_record(bbox_dir: Path) -> None:
     root = bbox_dir / "export" / "onnxruntime-int8"
-    manifest = read_manifest(root)
+    manifest = ExportManifest.read(root)
     vision = onnx.load(str(root / "vision.onnx"), load_external_data=False).graph
     ops = [n.op_type for n in vision.node]
     assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10  # explicit Q/DQ
     assert "LayerNormalization" in ops and "Softmax" in ops
-    for name in manifest["graphs"]:
+    for name in manifest.graphs:
         assert qdq_violations(root / f"{name}.onnx") == [], name  # no LayerNorm/Softmax/Add reads a dequantized tensor
     patch = [n for n in vision.node if "patch_embed" in n.name and n.op_type == "Conv"]
     producers = {o: n.op_type for n in vision.node for o in n.output}
     assert patch and producers.get(patch[0].input[0]) != "DequantizeLinear"  # the sensitive layer stays float
-    assert manifest["graphs"]["text"]["int8_matmuls"] > 0 and manifest["graphs"]["fusion"]["int8_matmuls"] > 0
-    accuracy = manifest["accuracy"]
+    assert manifest.graphs["text"].int8_matmuls > 0 and manifest.graphs["fusion"].int8_matmuls > 0
+    accuracy = manifest.accuracy
     assert accuracy["passed"] and not accuracy["forced"]
     assert accuracy["metrics"]["vision_cosine"] >= GATE.vision_cosine and accuracy["metrics"]["ground_iou"] >= 0.8
     assert {"itm_agreement", "itm_mean_abs_diff"} <= set(accuracy["metrics"])
+    plan = manifest.quantization["plan"]
+    assert plan["vision"]["option"] == "static" and plan["text"]["option"] == "dynamic"  # every graph at its fastest
+    assert manifest.quantization["reduce_range"] == needs_reduced_range()  # follows this CPU
+    assert manifest.quantization["reduce_range_source"].startswith("detected")
 
 
-def test_gate_refuses_broken_calibration(bbox_dir: Path) -> None:
+def test_strict_refuses_broken_calibration(bbox_dir: Path) -> None:
+    """--strict: a broken calibration fails the gate and nothing is written; the old export is untouched."""
     final = bbox_dir / "export" / "onnxruntime-int8"
     before = sha256_file(final / "manifest.json")
-    flat = [np.full((96, 96, 3), 128, dtype=np.uint8)] * 4  # every calibration image the same grey
     with pytest.raises(AccuracyGateError, match="vision_cosine") as info:
-        export_model(bbox_dir, "int8", calibration=flat, eval_images=images(3), thresholds=GATE, threads=1)
+        export_model(bbox_dir, "int8", calibration=FLAT, eval_images=images(3), thresholds=GATE, strict=True, threads=1)
     assert info.value.metrics["vision_cosine"] < GATE.vision_cosine
     assert sha256_file(final / "manifest.json") == before  # the good export is untouched
     assert not [p for p in final.parent.iterdir() if p.name.startswith(".")]  # no temp dir left
-    forced = export_model(bbox_dir, "int8", calibration=flat, eval_images=images(3), thresholds=GATE, force=True, keep_fp32=("text",), threads=1)
-    assert forced["accuracy"]["forced"] and forced["accuracy"]["failures"]
-    assert forced["graphs"]["text"]["quantization"] == "none (kept fp32)" and forced["graphs"]["text"]["int8_matmuls"] == 0
+
+
+def test_search_mends_broken_calibration(bbox_dir: Path, tmp_path: Path) -> None:
+    """Without --strict the plan search moves the vision graph off its broken static calibration until the
+    gate passes, measures only what the failing metric depends on, and records why."""
+    out = tmp_path / "int8"
+    manifest = export_model(
+        bbox_dir, "int8", destination=out, calibration=FLAT, eval_images=images(3), thresholds=GATE, threads=1, reduce_range=True
+    )  # fmt: skip
+    assert manifest.accuracy["passed"] and manifest.accuracy["metrics"]["vision_cosine"] >= GATE.vision_cosine
+    plan, trials = manifest.quantization["plan"], manifest.quantization["trials"]
+    assert plan["vision"]["option"] != "static" or plan["vision"]["kept_float"]
+    assert plan["vision"]["reason"] != "fastest option"
+    assert plan["text"]["option"] == plan["fusion"]["option"] == "dynamic"  # not suspects of vision_cosine
+    assert trials and all(t["graph"] == "vision" for t in trials)
+    assert all(set(t["metrics"]) == {"vision_cosine"} for t in trials)  # only the failing task re-measured
+    assert manifest.quantization["reduce_range"] is True and manifest.quantization["reduce_range_source"] == "set by the user"
+    assert ExportManifest.read(out).graphs["vision"].sha256 == sha256_file(out / "vision.onnx")
+
+
+def test_force_writes_and_records_a_failing_export(bbox_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "forced"
+    forced = export_model(
+        bbox_dir, "int8", destination=out, calibration=FLAT, eval_images=images(3), thresholds=GATE, force=True,
+        keep_fp32=("text",), threads=1,
+    )  # fmt: skip
+    assert forced.forced and forced.accuracy["failures"] and not forced.quantization["trials"]  # no search
+    assert forced.graphs["text"].quantization == "float32" and forced.graphs["text"].int8_matmuls == 0
+    assert forced.quantization["plan"]["text"]["reason"].startswith("kept fp32")
     with pytest.raises(InputError, match="keep-fp32"):
         export_model(bbox_dir, "int8", keep_fp32=("nope",), threads=1)
-    shutil.rmtree(final)
+    with pytest.raises(InputError, match="contradict"):
+        export_model(bbox_dir, "int8", force=True, strict=True)
+    with pytest.raises(InputError, match="int8 exports only"):
+        export_model(bbox_dir, "fp32", sensitivity_budget=2)
 
 
 def test_gate_unit() -> None:
@@ -143,10 +203,11 @@ def test_refused_export_is_not_written(tmp_path: Path, monkeypatch) -> None:
     import xvlm_edge.export.onnx as onnx_export
 
     directory = make_checkpoint(tmp_path / "m", LAYOUT_HEADS["bbox"])
-    monkeypatch.setattr(onnx_export.check_graph, "__defaults__", (0.0, None))  # atol 0
+    monkeypatch.setattr(onnx_export, "FP32_ATOL", 0.0)
     with pytest.raises(EngineError, match="refusing to write"):
         export_model(directory, "fp32", threads=1)
     assert not (directory / "export" / "onnxruntime-fp32").exists()
+    assert not [p for p in (directory / "export").iterdir()]  # no temporary directory either
 
 
 def test_cli_export(caption_dir: Path, tmp_path: Path, capsys) -> None:
@@ -157,24 +218,20 @@ def test_cli_export(caption_dir: Path, tmp_path: Path, capsys) -> None:
         export_model(caption_dir, "fp16", "onnxruntime")
 
 
-def test_cli_sensitivity_search_recorded(bbox_dir: Path, tmp_path: Path, capsys) -> None:
-    """`--sensitive-search N` runs the search on every quantised graph (here only text: vision and fusion are
-    kept fp32 to keep the test fast) and records it in the manifest; other precisions refuse it."""
+def test_cli_int8_reports_the_plan(bbox_dir: Path, tmp_path: Path, capsys) -> None:
+    """`export --precision int8` prints what it kept in float and why, and the gate's figures."""
     assert main(["export", str(bbox_dir), "--precision", "fp32", "--sensitive-search", "2"]) == 2
-    assert "only for int8" in capsys.readouterr().err
+    assert "int8 exports only" in capsys.readouterr().err
     (tmp_path / "eval").mkdir()
     for i, image in enumerate(images(2)):
         cv2.imwrite(str(tmp_path / "eval" / f"{i}.png"), image)
-    args = ["export", str(bbox_dir), "--precision", "int8", "--sensitive-search", "2", "--keep-fp32", "vision", "fusion"]
-    assert main([*args, "--eval-images", str(tmp_path / "eval"), "--force", "--threads", "1", "--json"]) == 0
+    args = ["export", str(bbox_dir), "--precision", "int8", "--keep-fp32", "fusion", "--eval-images", str(tmp_path / "eval")]
+    assert main([*args, "--min-caption-agreement", "0.5", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "int8 plan found in" in out and "fusion" in out and "kept float: kept fp32 (--keep-fp32)" in out
+    assert "accuracy gate passed" in out
+    assert main([*args, "--threads", "1", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc["sensitivity_search"]) == {"text"}
-    search = doc["sensitivity_search"]["text"]
-    assert search["budget"] == 2 and len(search["kept_float"]) <= 2 and search["candidates_measured"] == 12
-    kept = search["kept_float"]
-    assert [r["node"] for r in search["ranked"][: len(kept)]] == kept  # kept in rank order
-    assert max(search["error_after"].values()) <= max(search["error_before"].values())
-    manifest = read_manifest(bbox_dir / "export" / "onnxruntime-int8")
-    assert manifest["sensitivity_search"] == doc["sensitivity_search"]
-    assert manifest["graphs"]["text"]["int8_matmuls"] == 12 - len(kept)  # the kept nodes stay float MatMuls
+    assert doc["quantization"]["plan"]["fusion"]["option"] == "float" and doc["accuracy"]["passed"]
+    assert doc["directory"] == str(bbox_dir / "export" / "onnxruntime-int8")
     shutil.rmtree(bbox_dir / "export" / "onnxruntime-int8")

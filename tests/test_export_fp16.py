@@ -7,6 +7,8 @@ the bound fails on a real defect (an overflow, a wrong cast) and not on rounding
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,10 @@ from xvlm_edge.errors import BackendUnavailableError
 from xvlm_edge.export import PRECISIONS, export_model
 from xvlm_edge.export import fp16 as fp16_export
 from xvlm_edge.export.fp16 import FLOAT32_OPS, FP16_TOL, check_fp16
-from xvlm_edge.export.onnx import CHECK_SIZES, Sizes, example_inputs, run_both, session
+from xvlm_edge.export.onnx import CHECK_SIZES, Sizes, example_inputs, run_both
 from xvlm_edge.graphs import build_graphs
-from xvlm_edge.runtime.onnxruntime_backend import read_manifest
+from xvlm_edge.manifest import ExportManifest, export_dir
+from xvlm_edge.runtime.onnxruntime_backend import ort_session
 
 #: Two batch sizes (images 1 and 5) the export was neither traced nor checked at.
 FRESH_SIZES = (Sizes(images=1, rows=2, tokens=6, past=0, new=2), Sizes(images=5, rows=5, tokens=8, past=3, new=1))
@@ -37,15 +40,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def caption_dir(tmp_path_factory) -> Path:
     """A captioning checkpoint (vision + decoder graphs with fp16 caches) exported fp16 for TensorRT."""
     directory = make_checkpoint(tmp_path_factory.mktemp("fp16") / "captioning", LAYOUT_HEADS["captioning"])
-    export_model(directory, "fp16", "tensorrt", threads=1)
+    manifest = export_model(directory, "fp16", "tensorrt", threads=1)
+    written = json.loads(json.dumps(asdict(manifest)))  # the file is its JSON
+    assert asdict(ExportManifest.read(export_dir(directory, "tensorrt", "fp16"))) == written
     return directory
 
 
 def test_weights_activations_and_io_are_fp16(caption_dir: Path) -> None:
     root = caption_dir / "export" / "tensorrt-fp16"
-    manifest = read_manifest(root)  # verifies every hash
-    assert set(manifest["graphs"]) == {"vision", "caption_cross_kv", "caption_step", "caption_score"}
-    for name in manifest["graphs"]:
+    manifest = ExportManifest.read(root)  # verifies every hash
+    assert set(manifest.graphs) == {"vision", "caption_cross_kv", "caption_step", "caption_score"}
+    for name in manifest.graphs:
         model = onnx.load(str(root / f"{name}.onnx"))
         onnx.checker.check_model(model, full_check=True)  # typed and topologically sorted
         graph = model.graph
@@ -66,14 +71,16 @@ def test_weights_activations_and_io_are_fp16(caption_dir: Path) -> None:
 
 
 def test_manifest_records_parity_per_graph(caption_dir: Path) -> None:
-    manifest = read_manifest(caption_dir / "export" / "tensorrt-fp16")
-    assert manifest["precision"] == "fp16" and manifest["target"] == "tensorrt"
-    assert manifest["float32_ops"] == list(FLOAT32_OPS)
-    for name, record in manifest["parity_fp16_vs_torch"].items():
+    manifest = ExportManifest.read(caption_dir / "export" / "tensorrt-fp16")
+    assert manifest.precision == "fp16" and manifest.target == "tensorrt"
+    assert manifest.quantization["float32_ops"] == list(FLOAT32_OPS)
+    fp16 = manifest.parity["fp16_vs_torch"]
+    assert set(fp16) == set(manifest.graphs) == set(manifest.parity["fp32_vs_torch"])
+    for name, record in fp16.items():
         assert record["checked"] and record["tol"] == FP16_TOL and len(record["cases"]) == len(CHECK_SIZES)
         assert 0 < record["max_abs"] and all(c["max_abs_over_scale"] <= FP16_TOL for c in record["cases"]), name
         assert "MatMul" in record["ort_cpu_fp32_ops"]  # ORT CPU has no fp16 MatMul here: it upcasts
-        assert manifest["graphs"][name]["quantization"].startswith("float16")
+        assert manifest.graphs[name].quantization.startswith("float16")
 
 
 def test_parity_with_torch_fp32_at_two_batch_sizes(caption_dir: Path) -> None:
@@ -84,7 +91,7 @@ def test_parity_with_torch_fp32_at_two_batch_sizes(caption_dir: Path) -> None:
     graphs = build_graphs(model)
     cases = [example_inputs(model, graphs, s, seed=11 + i) for i, s in enumerate(FRESH_SIZES)]
     for name in graphs:
-        sess = session(caption_dir / "export" / "tensorrt-fp16" / f"{name}.onnx", threads=1)
+        sess = ort_session(caption_dir / "export" / "tensorrt-fp16" / f"{name}.onnx", threads=1)
         assert {o.type for o in sess.get_outputs()} == {"tensor(float16)"}
         for inputs in cases:
             for output, got, ref in run_both(sess, graphs[name], inputs[name]):
@@ -100,7 +107,7 @@ def test_graph_ort_cannot_run_is_recorded_not_failed(caption_dir: Path, monkeypa
     def no_kernel(*args, **kwargs):
         raise OrtNotImplemented("Could not find an implementation for LayerNormalization(17) (float16)")
 
-    monkeypatch.setattr(fp16_export, "session", no_kernel)
+    monkeypatch.setattr(fp16_export, "ort_session", no_kernel)
     record = check_fp16("vision", caption_dir / "export" / "tensorrt-fp16" / "vision.onnx", {}, [])
     assert record["checked"] is False and "LayerNormalization" in record["reason"]
 

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def quantize(src: Path, dst: Path, keep: list[str]) -> None:
-    quantize_dynamic_int8(src, dst, keep_float=keep)
+    # 7-bit weights, as the figures below were measured: the default follows the CPU, which varies by machine
+    quantize_dynamic_int8(src, dst, keep_float=keep, reduce_range=True)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import torch
 import xvlm_edge
 from xvlm_edge.checkpoint import Checkpoint, save
 from xvlm_edge.config import LAYOUT_HEADS, get_preset
-from xvlm_edge.errors import BackendUnavailableError, EngineError
+from xvlm_edge.errors import BackendUnavailableError, EngineError, ForcedExportWarning, InputError, StaleExportError
 from xvlm_edge.export import export_model
 from xvlm_edge.models.xvlm import XVLM
 from xvlm_edge.runtime import create_runtime
@@ -84,7 +84,8 @@ def test_ground_match_check_retrieve_equal_torch(pair) -> None:
 
 
 def test_int8_runs_every_task(model_dir) -> None:
-    model = xvlm_edge.load(model_dir, backend="onnxruntime", precision="int8", threads=1)
+    with pytest.warns(ForcedExportWarning, match="failed its accuracy gate"):  # random weights: written with force
+        model = xvlm_edge.load(model_dir, backend="onnxruntime", precision="int8", threads=1)
     assert model.info["precision"] == "int8"
     image = images(1)[0]
     assert all(c.token_ids for c in model.caption(images(2), num_beams=3, max_length=10))
@@ -125,7 +126,7 @@ def test_official_captioning_fixture_ids_equal_torch(reference_dir, tmp_path) ->
 def test_threads_and_info(model_dir) -> None:
     model = xvlm_edge.load(model_dir, backend="onnxruntime", threads=2)
     assert model.info["backend"] == "onnxruntime" and model.info["threads"] == "2" and model.info["precision"] == "fp32"
-    with pytest.raises(BackendUnavailableError, match="threads"):
+    with pytest.raises(InputError, match="threads"):
         xvlm_edge.load(model_dir, backend="onnxruntime", threads=0)
     assert model.checkpoint.model is None  # the export is the model: no PyTorch weights loaded
     with pytest.raises(BackendUnavailableError, match="PyTorch weights were not loaded"):
@@ -136,19 +137,19 @@ def test_refusals(model_dir, tmp_path, monkeypatch) -> None:
     model = XVLM(get_preset("tiny", ("bbox",))).eval()
     with pytest.raises(BackendUnavailableError, match="checkpoint directory"):
         create_runtime(model, backend="onnxruntime")
-    with pytest.raises(BackendUnavailableError, match="no ONNX export") as info:
+    with pytest.raises(BackendUnavailableError, match="has no onnxruntime fp32 export") as info:
         create_runtime(model, backend="onnxruntime", model_dir=tmp_path)  # a directory with no export
     assert "xvlm-edge export" in info.value.hint
     with pytest.raises(BackendUnavailableError, match="runs"):
         create_runtime(model, backend="onnxruntime", precision="fp16", model_dir=model_dir)
     with pytest.raises(BackendUnavailableError, match="CPU"):
         create_runtime(model, backend="onnxruntime", device="cuda", model_dir=model_dir)
-    with pytest.raises(BackendUnavailableError, match="onnxruntime backend only"):
+    with pytest.raises(BackendUnavailableError, match="runs from an INT8 export"):
         create_runtime(model, precision="int8")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
-    with pytest.raises(BackendUnavailableError, match="needs the onnxruntime package") as info:
+    with pytest.raises(BackendUnavailableError, match="onnxruntime package is not installed") as info:
         create_runtime(model, backend="onnxruntime", model_dir=model_dir)
-    assert "pip install onnxruntime" in info.value.hint
+    assert "pip install onnx onnxruntime" in info.value.hint
 
 
 def test_tampered_graph_is_refused(model_dir, tmp_path) -> None:
@@ -162,6 +163,33 @@ def test_tampered_graph_is_refused(model_dir, tmp_path) -> None:
         xvlm_edge.load(copy, backend="onnxruntime")
 
 
+def test_stale_export_is_refused(model_dir, tmp_path) -> None:
+    """New weights in the checkpoint directory make its export stale: refused, with the command that redoes it."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir, copy)
+    weights = copy / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit of the last weight: still a valid checkpoint
+    assert xvlm_edge.load(copy, backend="torch").model is not None
+    for precision in ("fp32", "int8"):
+        with pytest.raises(StaleExportError, match="other weights") as info:
+            xvlm_edge.load(copy, backend="onnxruntime", precision=precision)
+        assert f"xvlm-edge export {copy} --target onnxruntime --precision {precision}" in info.value.hint
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(StaleExportError, match="missing"):  # nothing to vouch for the export against
+        create_runtime(None, backend="onnxruntime", model_dir=copy)
+
+
+def test_passing_export_loads_without_warning(model_dir) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fp32 export has no gate to fail
+        xvlm_edge.load(model_dir, backend="onnxruntime")
+
+
 def test_graph_names_and_cache_shape(model_dir) -> None:
     torch_rt = xvlm_edge.load(model_dir, backend="torch").runtime
     ort_rt = xvlm_edge.load(model_dir, backend="onnxruntime").runtime
@@ -169,7 +197,7 @@ def test_graph_names_and_cache_shape(model_dir) -> None:
         assert ort_rt.has(graph) and ort_rt.output_names(graph) == torch_rt.output_names(graph)
     assert not ort_rt.has("answer_step")
     assert ort_rt.cache_shape("caption") == torch_rt.cache_shape("caption")
-    with pytest.raises(EngineError, match="not in the export"):
+    with pytest.raises(EngineError, match="not in this export"):
         ort_rt.run("nlvr", torch.zeros(1))
     assert dataclasses.is_dataclass(ort_rt.vision(torch.zeros(2, 3, 128, 128)))
     with pytest.raises(EngineError, match="ONNX Runtime failed"):
@@ -186,7 +214,8 @@ def test_cli_caption_on_onnxruntime(model_dir, tmp_path, capsys) -> None:
     path = tmp_path / "image.png"
     cv2.imwrite(str(path), images(1)[0])
     args = ["caption", str(path), "--model", str(model_dir), "--beams", "1", "--json"]
-    assert main([*args, "--backend", "onnxruntime", "--precision", "int8"]) == 0
+    with pytest.warns(ForcedExportWarning):
+        assert main([*args, "--backend", "onnxruntime", "--precision", "int8"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["backend"]["backend"] == "onnxruntime" and document["backend"]["precision"] == "int8"
     assert main([*args, "--backend", "onnxruntime", "--precision", "fp16"]) == 1  # ORT runs fp32 and int8

@@ -214,7 +214,7 @@ def test_unknown_or_missing_backends_refused() -> None:
     model = XVLM(get_preset("tiny", LAYOUT_HEADS["bbox"])).eval()
     with pytest.raises(BackendUnavailableError, match="unknown backend"):
         create_runtime(model, backend="jax")
-    with pytest.raises(BackendUnavailableError, match="not part of this build"):
+    with pytest.raises(BackendUnavailableError, match="runs an exported checkpoint directory"):
         create_runtime(model, backend="tensorrt")
     with pytest.raises(BackendUnavailableError, match="unknown precision"):
         create_runtime(model, precision="int3")

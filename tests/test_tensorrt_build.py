@@ -2,14 +2,16 @@
 checked by the C++ spec validation and profile selection against the shapes the tasks actually feed, and run
 by ONNX Runtime at their min/opt/max points (an inconsistent point, such as total != past + new, fails there
 as it would fail TensorRT's build); the build's directory handling through a stand-in for `_C.EngineBuilder`;
-and the BackendUnavailableError path.
+and the BackendUnavailableError paths (the build, `create_runtime(backend="tensorrt")` and `xvlm-edge engines`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,10 +26,13 @@ from xvlm_edge.checkpoint import Checkpoint, load_directory, save
 from xvlm_edge.config import HEADS, get_preset
 from xvlm_edge.errors import BackendUnavailableError, EngineError, InputError
 from xvlm_edge.export import export_model
-from xvlm_edge.export.onnx import session
+from xvlm_edge.export import tensorrt as tb
+from xvlm_edge.graphs import catalogue
+from xvlm_edge.manifest import ExportManifest, export_dir
 from xvlm_edge.models.xvlm import XVLM
+from xvlm_edge.runtime import create_runtime
 from xvlm_edge.runtime import tensorrt as trt_runtime
-from xvlm_edge.runtime import tensorrt_build as tb
+from xvlm_edge.runtime.onnxruntime_backend import ort_session
 from xvlm_edge.runtime.torch_backend import TorchRuntime
 from xvlm_edge.tasks.caption import generate_captions
 from xvlm_edge.tokenizer import Tokenizer
@@ -48,7 +53,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 class Export:
     model_dir: Path
     root: Path
-    manifest: dict
+    manifest: ExportManifest
     shapes: dict  # {graph: {input: shape}}, -1 where dynamic
 
 
@@ -58,8 +63,10 @@ def export(tmp_path_factory) -> Export:
     config = get_preset("tiny", HEADS)
     config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, image_res=IMAGE_RES))
     model_dir = save(Checkpoint(XVLM(config).eval(), Tokenizer.default(), config), tmp_path_factory.mktemp("trt") / "model")
-    manifest = export_model(model_dir, "fp32", "tensorrt", threads=1)
-    root = Path(manifest["directory"])
+    written = export_model(model_dir, "fp32", "tensorrt", threads=1)
+    root = export_dir(model_dir, "tensorrt", "fp32")
+    manifest = ExportManifest.read(root)  # what a device reads back, every sha256 checked
+    assert dataclasses.asdict(manifest) == json.loads(json.dumps(dataclasses.asdict(written)))  # the file is its JSON
     return Export(model_dir, root, manifest, tb.onnx_input_shapes(root, manifest))
 
 
@@ -71,18 +78,18 @@ def profiles(export: Export) -> dict[str, list[_C.Profile]]:
 @pytest.fixture(scope="module")
 def specs(export: Export, profiles) -> dict[str, _C.EngineSpec]:
     out = {}
-    for graph, entry in export.manifest["graphs"].items():
-        inputs, outputs = tb.read_onnx_io(export.root / entry["file"])
+    for graph, entry in export.manifest.graphs.items():
+        inputs, outputs = tb.read_onnx_io(export.root / entry.file)
         out[graph] = _C.EngineSpec(inputs, outputs, profiles[graph])
     return out
 
 
 def shapes_for(export: Export, graph: str, **sizes: int) -> dict[str, list[int]]:
     """Input shapes of `graph` with each named axis at `sizes` (static dims from the ONNX)."""
-    entry = export.manifest["graphs"][graph]
+    entry = export.manifest.graphs[graph]
     return {
-        name: [sizes[entry["dynamic_axes"][name][str(i)]] if d < 0 else d for i, d in enumerate(export.shapes[graph][name])]
-        for name in entry["inputs"]
+        name: [sizes[entry.dynamic_axes[name][str(i)]] if d < 0 else d for i, d in enumerate(export.shapes[graph][name])]
+        for name in entry.inputs
     }
 
 
@@ -91,16 +98,16 @@ def shapes_for(export: Export, graph: str, **sizes: int) -> dict[str, list[int]]
 
 def test_read_onnx_io_equals_onnx_load(export: Export) -> None:
     dtypes = {1: "float32", 7: "int64"}
-    for entry in export.manifest["graphs"].values():
-        inputs, outputs = tb.read_onnx_io(export.root / entry["file"])
-        graph = onnx.load(str(export.root / entry["file"]), load_external_data=False).graph
+    for entry in export.manifest.graphs.values():
+        inputs, outputs = tb.read_onnx_io(export.root / entry.file)
+        graph = onnx.load(str(export.root / entry.file), load_external_data=False).graph
         for ours, theirs in ((inputs, graph.input), (outputs, graph.output)):
             want = [
                 (v.name, dtypes[v.type.tensor_type.elem_type], tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim))
                 for v in theirs
             ]  # fmt: skip
             assert [(t.name, t.dtype, t.shape) for t in ours] == want
-        assert [t.name for t in inputs] == entry["inputs"] and [t.name for t in outputs] == entry["outputs"]
+        assert [t.name for t in inputs] == entry.inputs and [t.name for t in outputs] == entry.outputs
 
 
 def test_read_onnx_io_refuses_what_is_not_onnx(tmp_path: Path) -> None:
@@ -118,7 +125,10 @@ def test_read_onnx_io_refuses_what_is_not_onnx(tmp_path: Path) -> None:
 
 
 def test_every_graph_gets_a_profile_the_engine_spec_accepts(export: Export, specs) -> None:
-    assert set(specs) == set(tb.ENCODER_GRAPHS) | {f"{d}_{k}" for d in tb.DECODERS for k in tb.DECODER_KINDS}
+    expected = {"vision", "text", "fusion", "multimodal", "nlvr"} | {
+        f"{d}_{k}" for d in ("caption", "answer") for k in ("cross_kv", "step", "score")
+    }
+    assert set(specs) == expected == set(catalogue(HEADS))
     for graph, spec in specs.items():
         spec.validate()  # a range for every dynamic input, ranks equal, static dims pinned, min <= opt <= max
         (profile,) = spec.profiles
@@ -129,10 +139,10 @@ def test_every_graph_gets_a_profile_the_engine_spec_accepts(export: Export, spec
 
 
 def test_an_axis_has_one_range_per_graph_and_the_relations_hold(export: Export, profiles) -> None:
-    for graph, entry in export.manifest["graphs"].items():
+    for graph, entry in export.manifest.graphs.items():
         ranges = profiles[graph][0].ranges
         seen: dict[str, set] = {}
-        for name, axes in entry["dynamic_axes"].items():
+        for name, axes in entry.dynamic_axes.items():
             if name in ranges:  # inputs only: outputs have no profile
                 for dim, axis in axes.items():
                     seen.setdefault(axis, set()).add(tuple(bound[int(dim)] for bound in ranges[name]))
@@ -145,6 +155,20 @@ def test_an_axis_has_one_range_per_graph_and_the_relations_hold(export: Export, 
                 assert axis["keys"] == axis["cross_tokens"]
             expected = (IMAGE_TOKENS,) * 3 if graph.startswith("caption") else (1, 16, 40)
             assert axis["keys"] == expected, graph
+
+
+def test_axis_ranges_follow_the_graph_kind() -> None:
+    """One graph spec of each kind under SMALL: by hand from the rules in export/tensorrt.py's docstring."""
+    specs, r = catalogue(HEADS), tb.AxisRange
+    assert tb.axis_ranges(specs["text"], SMALL, IMAGE_TOKENS) == {"images": r(1, 2, 2), "rows": r(1, 1, 4), "tokens": r(1, 4, 8)}
+    step = tb.axis_ranges(specs["caption_step"], SMALL, IMAGE_TOKENS)
+    assert step["keys"] == step["cross_tokens"] == step["tokens"] == r(5, 5, 5)  # the image's 1 + N tokens
+    assert (step["images"], step["rows"]) == (r(1, 2, 2), r(1, 4, 6))  # opt rows = opt images x opt beams
+    assert (step["past"], step["new"], step["total"]) == (r(0, 3, 5), r(1, 1, 6), r(1, 4, 11))
+    score = tb.axis_ranges(specs["answer_score"], SMALL, IMAGE_TOKENS)
+    assert score["keys"] == score["cross_tokens"] == r(1, 4, 8)  # a question's tokens
+    assert (score["past"], score["new"], score["total"]) == (r(0, 1, 5), r(1, 3, 6), r(1, 4, 11))
+    assert tb.axis_ranges(specs["caption_cross_kv"], SMALL, IMAGE_TOKENS)["tokens"] == r(5, 5, 5)
 
 
 def call_at(export: Export, graph: str, shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
@@ -171,10 +195,10 @@ def test_min_opt_max_are_calls_the_onnx_graphs_run(export: Export, point: int) -
     and max). ONNX Runtime runs the same graphs at each point: total = past + new, rows grouped by image,
     cross keys matching the cross mask. Small limits keep the max point cheap."""
     profiles = tb.engine_profiles(export.manifest, SMALL, export.shapes)
-    for graph, entry in export.manifest["graphs"].items():
+    for graph, entry in export.manifest.graphs.items():
         ranges = profiles[graph][0].ranges
-        shapes = {n: list(ranges[n][point]) if n in ranges else export.shapes[graph][n] for n in entry["inputs"]}
-        outputs = session(export.root / entry["file"], threads=1).run(None, call_at(export, graph, shapes))
+        shapes = {n: list(ranges[n][point]) if n in ranges else export.shapes[graph][n] for n in entry.inputs}
+        outputs = ort_session(export.root / entry.file, threads=1).run(None, call_at(export, graph, shapes))
         assert all(np.isfinite(o).all() for o in outputs), graph
 
 
@@ -291,8 +315,8 @@ def test_limits_beyond_the_position_table_are_refused(export: Export) -> None:
 
 
 def test_a_manifest_that_disagrees_with_its_onnx_is_refused(export: Export) -> None:
-    manifest = json.loads(json.dumps({k: export.manifest[k] for k in ("config", "graphs")}))
-    axes = manifest["graphs"]["text"]["dynamic_axes"]
+    manifest = copy.deepcopy(export.manifest)
+    axes = manifest.graphs["text"].dynamic_axes
     del axes["text_ids"]["1"]
     with pytest.raises(EngineError, match="graph 'text' input 'text_ids' dim 1 is dynamic in the ONNX but the manifest names no axis"):
         tb.engine_profiles(manifest, tb.EngineLimits(), export.shapes)
@@ -300,11 +324,16 @@ def test_a_manifest_that_disagrees_with_its_onnx_is_refused(export: Export) -> N
     with pytest.raises(EngineError, match="dim 1 is axis 'syllables', which has no engine limit"):
         tb.engine_profiles(manifest, tb.EngineLimits(), export.shapes)
     axes["text_ids"]["1"] = "tokens"
-    manifest["graphs"]["vision"]["dynamic_axes"]["pixels"]["2"] = "height"
+    manifest.graphs["vision"].dynamic_axes["pixels"]["2"] = "height"
     with pytest.raises(EngineError, match=rf"input 'pixels' dim 2 is static \({IMAGE_RES}\) in the ONNX but the manifest names it axis 'height'"):
         tb.engine_profiles(manifest, tb.EngineLimits(), export.shapes)
-    with pytest.raises(EngineError, match="not one the TensorRT engine build knows"):
-        tb.axis_ranges("caption_beam", tb.EngineLimits(), IMAGE_TOKENS)
+    del manifest.graphs["vision"].dynamic_axes["pixels"]["2"]
+    manifest.graphs["caption_beam"] = manifest.graphs.pop("caption_step")  # a graph the catalogue does not have
+    shapes = {**export.shapes, "caption_beam": export.shapes["caption_step"]}
+    with pytest.raises(EngineError, match="graph 'caption_beam' is not in the catalogue"):
+        tb.engine_profiles(manifest, tb.EngineLimits(), shapes)
+    # the module's manifest is untouched (the copy was deep)
+    assert "caption_step" in export.manifest.graphs and "2" not in export.manifest.graphs["vision"].dynamic_axes["pixels"]
 
 
 # -- building -------------------------------------------------------------------------------------------
@@ -353,7 +382,7 @@ def test_build_writes_an_engine_directory_the_runtime_reads(export: Export, prof
     engines = tmp_path / "engines"
     with caplog.at_level(logging.INFO, logger=tb.__name__):
         built = tb.build_engines(export.root, engines)
-    assert built.keys() == export.manifest["graphs"].keys()
+    assert built.keys() == export.manifest.graphs.keys()
     read = trt_runtime.read_engine_dir(engines)  # sha256 of each engine checked against its manifest
     assert sorted(p.name for p in engines.iterdir()) == sorted(f"{g}.{ext}" for g in read for ext in ("engine", "json"))
     for graph, manifest in read.items():
@@ -396,22 +425,57 @@ def test_build_refuses_directories_it_must_not_replace(export: Export, stand_in,
     assert (busy / "notes.txt").read_text() == "mine" and not stand_in.calls
 
 
-def test_build_refuses_an_export_for_another_target(stand_in, tmp_path) -> None:
+def test_build_refuses_an_export_for_another_target(export: Export, stand_in, tmp_path) -> None:
     other = tmp_path / "onnxruntime-fp32"
     other.mkdir()
-    (other / "manifest.json").write_text(json.dumps({"target": "onnxruntime", "precision": "fp32", "graphs": {}}))
+    dataclasses.replace(export.manifest, target="onnxruntime", graphs={}).write(other)
     with pytest.raises(EngineError, match="is an export for 'onnxruntime'") as info:
         tb.build_engines(other, tmp_path / "engines")
     assert "--target tensorrt --precision fp32" in info.value.hint
-    with pytest.raises(EngineError, match="no ONNX export at") as info:
+    missing = export_dir(tmp_path / "model", "tensorrt", "fp16")
+    with pytest.raises(EngineError, match="no export at") as info:
+        tb.build_engines(missing, tmp_path / "engines")
+    assert f"xvlm-edge export {tmp_path / 'model'} --target tensorrt --precision fp16" in info.value.hint
+    with pytest.raises(EngineError, match="no export at") as info:
         tb.build_engines(tmp_path / "nothing", tmp_path / "engines")
-    assert "--target tensorrt" in info.value.hint
+    assert "xvlm-edge export MODEL_DIR" in info.value.hint
+    assert not (tmp_path / "engines").exists() and not stand_in.calls
 
 
 @pytest.mark.skipif(_C.has_tensorrt(), reason="with TensorRT compiled in, the CLI builds the engines")
 def test_cli_tensorrt_export_says_how_to_build_the_engines(export: Export, capsys: pytest.CaptureFixture) -> None:
     from xvlm_edge.cli import main
 
-    main(["export", str(export.model_dir), "--target", "tensorrt", "--threads", "1"])
+    assert main(["export", str(export.model_dir), "--target", "tensorrt", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert "engines: not built (no TensorRT in this build)" in out and f"build_engines('{export.root}')" in out
+    assert "engines: not built (no TensorRT in this build)" in out
+    assert f"on the device run: xvlm-edge engines {export.root}" in out
+
+
+@pytest.mark.skipif(_C.has_tensorrt(), reason="checks the engines command without TensorRT")
+def test_cli_engines_without_tensorrt_is_a_one_line_error(export: Export, capsys: pytest.CaptureFixture) -> None:
+    from xvlm_edge.cli import main
+
+    assert main(["engines", str(export.root), "--max-images", "2"]) == 1  # BackendUnavailableError: not a user error
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("xvlm-edge: error: ") and "TensorRT runtime not compiled into xvlm_edge._C" in line
+    assert not (export.root / tb.DEFAULT_ENGINE_SUBDIR).exists()
+
+
+@pytest.mark.skipif(_C.has_tensorrt(), reason="checks the runtime without TensorRT")
+def test_create_runtime_tensorrt_without_tensorrt(export: Export) -> None:
+    """A valid tensorrt export (manifest and weights check pass) still needs TensorRT in `_C` to run."""
+    model = load_directory(export.model_dir).model
+    with pytest.raises(BackendUnavailableError, match="TensorRT runtime not compiled into xvlm_edge._C") as info:
+        create_runtime(model, backend="tensorrt", model_dir=export.model_dir)
+    assert info.value.hint == trt_runtime.INSTALL_HINT
+
+
+def test_create_runtime_tensorrt_refuses_a_missing_export(export: Export) -> None:
+    missing = export_dir(export.model_dir, "tensorrt", "fp16")
+    assert not missing.exists()
+    with pytest.raises(BackendUnavailableError, match=re.escape(f"has no tensorrt fp16 export ({missing} does not exist)")) as info:
+        create_runtime(None, backend="tensorrt", precision="fp16", model_dir=export.model_dir)
+    assert f"xvlm-edge export {export.model_dir} --target tensorrt --precision fp16" in info.value.hint

@@ -277,4 +277,4 @@ def test_a_finished_run_leaves_an_onnx_export(synth: Path, tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "model" / "export" / "onnxruntime-fp32" / "manifest.json").read_text())
     assert set(manifest["graphs"]) >= {"vision", "text", "fusion"}
-    assert all(v["max_abs"] <= 1e-4 for v in manifest["parity_fp32_vs_torch"].values())
+    assert all(v["max_abs"] <= 1e-4 for v in manifest["parity"]["fp32_vs_torch"].values())

@@ -737,12 +737,13 @@ def calibrate(recipe: TrainRecipe, model: XVLM, tokenizer: Tokenizer, config: Mo
 def export_final(model_dir: Path, precision: str, threads: int | None) -> None:
     """The finished model's ONNX Runtime export; an INT8 export that fails its accuracy gate ends the run."""
     from xvlm_edge.export import AccuracyGateError, export_model
+    from xvlm_edge.manifest import export_dir
 
     try:
-        manifest = export_model(model_dir, precision, "onnxruntime", threads=threads)
+        export_model(model_dir, precision, "onnxruntime", threads=threads, progress=True)
     except AccuracyGateError as error:
         raise SystemExit(f"{model_dir} is saved, but its {precision} export was refused: {error}") from error
-    print(f"{precision} export written to {manifest['directory']}", file=sys.stderr)
+    print(f"{precision} export written to {export_dir(model_dir, 'onnxruntime', precision)}", file=sys.stderr)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -262,7 +262,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from xvlm_edge.export.gate import Thresholds
 
     thresholds = Thresholds() if args.min_caption_agreement is None else Thresholds(caption_agreement=args.min_caption_agreement)
-    reduce_range = {"auto": None, "on": True, "off": False}[args.reduce_range]
+    reduce_range = {None: None, "on": True, "off": False}[args.reduce_range]
     manifest = export_model(
         args.model_dir, args.precision, args.target, calibration=args.calibration, eval_images=args.eval_images,
         thresholds=thresholds, force=args.force, strict=args.strict, exclude=args.exclude, keep_fp32=args.keep_fp32 or (),
@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for command in tasks:
         command.add_argument("--model", help="checkpoint: an xvlm_edge directory or an official .th")
-        command.add_argument("--backend", default="auto", help="auto (default: torch), torch, or onnxruntime (needs xvlm-edge export)")
+        command.add_argument("--backend", default="auto", help="auto (default: torch), torch, onnxruntime (needs xvlm-edge export) or tensorrt (needs xvlm-edge engines)")
         command.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16", "int8"), help="fp16/bf16 need CUDA; int8 needs onnxruntime")
         command.add_argument("--device", help="cpu or cuda (default: cuda when present)")
 
@@ -424,11 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--eval-images", type=Path, help="folder of images the accuracy gate compares on (default: 64 generated)")
     export.add_argument("--exclude", nargs="+", help="ONNX node-name substrings kept in float (default: patch_embed)")
     export.add_argument("--keep-fp32", nargs="+", help="graphs an int8 export leaves in fp32 from the start (e.g. answer_step answer_score)")
-    export.add_argument("--sensitive-search", type=int, default=4, metavar="N",
+    export.add_argument("--sensitive-search", type=int, metavar="N",
                         help="int8: per graph, the most MatMul/Gemm nodes the search may keep in float before it keeps "
                              "the whole graph in float (default 4; 0: whole graphs only)")  # fmt: skip
-    export.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
-                        help="int8: 7-bit weights; auto follows this CPU (on without VNNI), recorded in the manifest")
+    export.add_argument("--reduce-range", choices=("on", "off"),
+                        help="int8: 7-bit weights (default: follow this CPU, on without VNNI; recorded in the manifest)")
     export.add_argument("--min-caption-agreement", type=float, help="gate threshold: share of identical captions (default 0.95)")
     mode = export.add_mutually_exclusive_group()
     mode.add_argument("--strict", action="store_true", help="int8: refuse when every graph INT8 fails the gate, instead of searching")
@@ -478,7 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xvlm-edge: error: {exc}{hint}", file=sys.stderr)
         return 2
     except XVLMEdgeError as exc:
-        print(f"xvlm-edge: error: {exc}", file=sys.stderr)
+        hint = f" ({exc.hint})" if exc.hint else ""
+        print(f"xvlm-edge: error: {exc}{hint}", file=sys.stderr)
         return 1
     return 0
 

@@ -15,6 +15,7 @@ Add...) in fp32 behind Casts it inserts, so an fp16 graph there only adds roundi
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import shutil
@@ -66,7 +67,7 @@ def export_model(
     strict: bool = False,
     exclude: Sequence[str] | None = None,
     keep_fp32: Sequence[str] = (),
-    sensitivity_budget: int = 4,
+    sensitivity_budget: int | None = None,
     reduce_range: bool | None = None,
     threads: int | None = None,
     progress: bool = False,
@@ -75,7 +76,8 @@ def export_model(
 
     `destination`: the export directory (default `MODEL_DIR/export/<target>-<precision>/`).
     INT8 (`int8.py`): without `force` or `strict`, the plan search keeps in float what the gate needs, per
-    graph and per MatMul (`sensitivity_budget` nodes per graph, 0: whole graphs only); `strict` refuses
+    graph and per MatMul (`sensitivity_budget` nodes per graph, default `int8.SENSITIVITY_BUDGET`, 0: whole
+    graphs only); `strict` refuses
     instead (AccuracyGateError); `force` quantises every graph with its fastest option and writes it whatever
     the gate says (recorded, and warned about on load). `keep_fp32`: graphs to leave float from the start.
     `reduce_range`: 7-bit weights; None follows this CPU (`cpu.needs_reduced_range`).
@@ -89,12 +91,13 @@ def export_model(
         raise BackendUnavailableError(
             f"target {target} exports {list(PRECISIONS[target])}, not {precision!r}" + (f": {why}" if why else "")
         )
-    if isinstance(sensitivity_budget, bool) or not isinstance(sensitivity_budget, int) or sensitivity_budget < 0:
-        raise InputError(f"the sensitivity budget is a number of nodes >= 0, got {sensitivity_budget!r}")
+    budget = sensitivity_budget
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+        raise InputError(f"the sensitivity budget is a number of nodes >= 0, got {budget!r}")
     if force and strict:
         raise InputError("force and strict contradict each other: force writes a failing export, strict refuses one")
-    if precision != "int8" and (keep_fp32 or strict or force):
-        raise InputError("keep_fp32, strict and force apply to int8 exports only")
+    if precision != "int8" and (keep_fp32 or strict or force or budget is not None or reduce_range is not None):
+        raise InputError("keep_fp32, strict, force, the sensitivity budget and reduce_range apply to int8 exports only")
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir} is not a checkpoint directory", hint="convert first: xvlm-edge convert CKPT DIR")
@@ -110,9 +113,7 @@ def export_model(
         if precision == "fp16":
             _fp16(checkpoint, manifest, fp32_dir, tmp, threads)
         elif precision == "int8":
-            settings = _int8_settings(
-                thresholds, force, strict, exclude, keep_fp32, sensitivity_budget, reduce_range, threads, progress
-            )
+            settings = _int8_settings(thresholds, force, strict, exclude, keep_fp32, budget, reduce_range, threads, progress)
             _int8(checkpoint, manifest, fp32_dir, tmp, target, settings, calibration, eval_images)
         if fp32_dir != tmp:
             shutil.rmtree(fp32_dir)
@@ -162,7 +163,7 @@ def _fp32(checkpoint, model_dir: Path, target: str, into: Path, threads: int | N
         target=target,
         precision="fp32",
         weights_sha256=weights,
-        config=checkpoint.config.to_dict(),
+        config=json.loads(json.dumps(checkpoint.config.to_dict())),  # as read back: lists, not tuples
         graphs={name: _graph_file(into / f"{name}.onnx", spec, "float32") for name, spec in specs.items()},
         decoders={d: list(decoder_shape(graphs[s].decoder)) for d, s in steps.items() if s in graphs},
         opset=OPSET,
@@ -217,7 +218,7 @@ def _fp16(checkpoint, manifest: ExportManifest, fp32_dir: Path, out: Path, threa
 
 def _int8_settings(thresholds, force, strict, exclude, keep_fp32, budget, reduce_range, threads, progress):
     from xvlm_edge.cpu import needs_reduced_range
-    from xvlm_edge.export.int8 import Int8Settings
+    from xvlm_edge.export.int8 import SENSITIVITY_BUDGET, Int8Settings
     from xvlm_edge.export.quantize import DEFAULT_EXCLUDE
 
     return Int8Settings(
@@ -226,7 +227,7 @@ def _int8_settings(thresholds, force, strict, exclude, keep_fp32, budget, reduce
         strict=strict,
         exclude=DEFAULT_EXCLUDE if exclude is None else tuple(exclude),
         keep_fp32=tuple(keep_fp32),
-        sensitivity_budget=budget,
+        sensitivity_budget=SENSITIVITY_BUDGET if budget is None else budget,
         reduce_range=needs_reduced_range() if reduce_range is None else bool(reduce_range),
         reduce_range_source="detected from this CPU's flags" if reduce_range is None else "set by the user",
         threads=threads,

@@ -60,6 +60,8 @@ DESCRIPTIONS = {
 #: under 2 %). Both are `quantize.synthetic_images` unless the user gives a folder.
 CALIBRATION_IMAGES = 32
 EVAL_IMAGES = 64
+#: MatMuls per graph the search may keep in float before it keeps the whole graph in float.
+SENSITIVITY_BUDGET = 4
 #: Recorded inputs per graph the sensitivity search measures on.
 RECORDED_CALLS = 4
 #: Share of a graph's weight bytes a move is taken to return to float, to order moves cheapest first.
@@ -106,7 +108,7 @@ class Int8Settings:
     strict: bool = False
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     keep_fp32: tuple[str, ...] = ()
-    sensitivity_budget: int = 4
+    sensitivity_budget: int = SENSITIVITY_BUDGET
     reduce_range: bool = False
     reduce_range_source: str = "detected"
     threads: int | None = None
@@ -340,4 +342,4 @@ def check_keep_fp32(keep_fp32: Sequence[str], names: Sequence[str]) -> None:
         raise InputError(f"--keep-fp32 names graphs this checkpoint lacks: {sorted(unknown)} (has {sorted(names)})")
 
 
-__all__ = ["CALIBRATION_IMAGES", "DESCRIPTIONS", "EVAL_IMAGES", "GraphPlan", "Int8Settings", "PlanSearch", "graph_options"]
+__all__ = ["CALIBRATION_IMAGES", "SENSITIVITY_BUDGET", "DESCRIPTIONS", "EVAL_IMAGES", "GraphPlan", "Int8Settings", "PlanSearch", "graph_options"]

@@ -63,7 +63,7 @@ def read_engine_dir(path: str | Path) -> dict[str, _C.EngineManifest]:
     """
     root = Path(path)
     if not root.is_dir():
-        raise EngineError(f"engine directory {root} does not exist")
+        raise EngineError(f"engine directory {root} does not exist", hint=f"build the engines on the device: xvlm-edge engines {root.parent}")
     manifests: dict[str, _C.EngineManifest] = {}
     for file in sorted(root.glob("*.json")):
         manifest = _C.EngineManifest.load(str(file))
@@ -76,12 +76,12 @@ def read_engine_dir(path: str | Path) -> dict[str, _C.EngineManifest]:
         if digest != manifest.sha256:
             raise EngineError(
                 f"{engine}: sha256 {digest} differs from the manifest's {manifest.sha256} (corrupt or replaced engine)",
-                hint="re-run the TensorRT export for this model directory",
+                hint=f"rebuild the engines: xvlm-edge engines {root.parent}",
             )
         manifests[manifest.graph] = manifest
     if not manifests:
         raise EngineError(
-            f"no engine manifests (*.json) in {root}", hint="run: xvlm-edge export MODEL_DIR --target tensorrt"
+            f"no engine manifests (*.json) in {root}", hint=f"build the engines on the device: xvlm-edge engines {root.parent}"
         )
     return manifests
 
