@@ -59,8 +59,10 @@ def streaming_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     Traced, scripted, compiled or exported, it is plain `F.linear`: the row count of the example must never
     become a constant of a graph.
     """
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return F.linear(x, weight, bias)
     rows = x.numel() // x.shape[-1]
-    if rows > SKINNY_ROWS or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+    if rows > SKINNY_ROWS:
         return F.linear(x, weight, bias)
     out = torch.mm(weight, x.reshape(rows, x.shape[-1]).t()).t()  # (out, in) @ (in, rows) -> (rows, out)
     if bias is not None:
