@@ -14,6 +14,9 @@ and the naive path in the same benchmark run, and the outputs are compared:
 * retrieve: the ITM re-rank of 128 candidate texts for 1 image (text and image encoders outside the timed
   region). Naive: `Retrieval.py::evaluation`, image embeddings repeated 128 times, K/V projected per copy,
   texts padded to 40. Ours: one K/V projection per image, texts cut to the longest candidate.
+* stream: one cached caption decode step of 3 beams after 10 tokens (the torch runtime's CPU hot loop).
+  Ours: the runtime's decoder, whose linear layers are `StreamingLinear` ((W @ x^T)^T for few rows). Naive:
+  the same step graph on the plain module (`F.linear`).
 
 Each task runs in its own process; its two paths alternate run by run (so that load from other processes
 hits both alike) after one warm-up each. Latency: p50/p95 over the runs. Peak RSS per path: the kernel's
@@ -42,10 +45,11 @@ CASES = {
     "ground": "32 phrases on one image, end to end (preprocess, vision, text, fusion, bbox head)",
     "match": "1 image x 8 texts, end to end (preprocess, vision, text, fusion, ITM head)",
     "retrieve": "ITM re-rank of 128 candidate texts for 1 image (fusion + ITM head; encoders outside)",
+    "stream": "one cached caption decode step, 3 beams after 10 tokens (StreamingLinear vs F.linear)",
 }
-HEADS = {"caption": ("caption",), "ground": ("bbox",), "match": ("itc", "itm"), "retrieve": ("itc", "itm")}
+HEADS = {"caption": ("caption",), "ground": ("bbox",), "match": ("itc", "itm"), "retrieve": ("itc", "itm"), "stream": ("caption",)}
 #: Timed runs per path (the two paths alternate); 32 one-phrase ground calls take ~40 s, hence 2.
-REPEATS = {"caption": 3, "ground": 2, "match": 5, "retrieve": 5}
+REPEATS = {"caption": 3, "ground": 2, "match": 5, "retrieve": 5, "stream": 20}
 
 _SUBJECTS = ["a man", "two dogs", "a woman", "the skateboarder", "a small child", "a red bus", "an old cat", "three people"]
 _VERBS = ["riding", "sitting on", "jumping over", "standing next to", "walking toward", "looking at", "holding"]
@@ -152,6 +156,22 @@ def worker(case: str, out: Path, threads: int) -> None:
 
         paths["naive"] = rerank_official
         warmups = paths
+
+    elif case == "stream":
+        from xvlm_edge.graphs import build_graphs
+
+        embeds = api._encode_images([img]).image_embeds
+        state = runtime.decoder("caption", embeds, torch.ones(1, embeds.shape[1], dtype=torch.long))
+        state.start(torch.tensor([[101, 1037, 3861, 1997]]), torch.arange(1))
+        state.reorder(torch.zeros(3, dtype=torch.long))
+        for token in range(6):  # 10 tokens in the cache
+            state.feed(torch.full((3, 1), 2000 + token))
+        step_inputs = (torch.full((3, 1), 2010), torch.ones(3, 11, dtype=torch.long), *state.cache,
+                       state.cross.k, state.cross.v, state.cross_atts[state.index])  # fmt: skip
+        plain = build_graphs(model)["caption_step"]  # the caller's module: nn.Linear, F.linear
+        paths["ours"] = lambda: runtime.run("caption_step", *step_inputs)[0]
+        paths["naive"] = lambda: plain(*step_inputs)[0]
+        warmups = paths
     else:
         raise SystemExit(f"unknown case {case}")
 
@@ -164,7 +184,8 @@ def worker(case: str, out: Path, threads: int) -> None:
         for path in ("ours", "naive"):
             _reset_peak_rss()
             start = time.perf_counter()
-            results[path] = paths[path]()
+            with torch.no_grad():
+                results[path] = paths[path]()
             times[path].append(time.perf_counter() - start)
             peaks[path] = max(peaks[path], _rss_mb())
     torch.save({"times": times, "results": results, "rss_model_mb": rss_model, "peak_rss_mb": peaks, "extra": extra}, out)
@@ -196,12 +217,10 @@ def _percentile(values: list[float], q: float) -> float:
 def _machine(threads: int) -> dict:
     import torch
 
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(), "torch": torch.__version__,
+    from xvlm_edge.cpu import cpu_flags, cpu_name
+
+    return {"cpu": cpu_name(), "cpu_flags": list(cpu_flags()), "cores": os.cpu_count(), "threads": threads,
+            "python": platform.python_version(), "torch": torch.__version__,
             "precision": "fp32", "device": "cpu", "preset": PRESET, "weights": "random (torch.manual_seed(0))"}  # fmt: skip
 
 
@@ -258,7 +277,8 @@ def main() -> None:
         for path in ("ours", "naive"):
             e = entry[path]
             speed = f"{entry['speedup_p50']:7.2f}x" if path == "ours" else ""
-            print(f"{case:9s} {path:6s} {e['p50_s']:8.3f} {e['p95_s']:8.3f} {e['runs']:4d} {e['peak_rss_mb']:12.0f} {speed:>8s}  {check if path == 'ours' else ''}")
+            note = check if path == "ours" else ""
+            print(f"{case:9s} {path:6s} {e['p50_s']:8.3f} {e['p95_s']:8.3f} {e['runs']:4d} {e['peak_rss_mb']:12.0f} {speed:>8s}  {note}")
     print(f"wrote {args.out}")
 
 

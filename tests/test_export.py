@@ -207,7 +207,7 @@ def test_refused_export_is_not_written(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(EngineError, match="refusing to write"):
         export_model(directory, "fp32", threads=1)
     assert not (directory / "export" / "onnxruntime-fp32").exists()
-    assert not [p for p in (directory / "export").iterdir()]  # no temporary directory either
+    assert not list((directory / "export").iterdir())  # no temporary directory either
 
 
 def test_cli_export(caption_dir: Path, tmp_path: Path, capsys) -> None:

@@ -78,7 +78,7 @@ def test_manifest_records_parity_per_graph(caption_dir: Path) -> None:
     assert set(fp16) == set(manifest.graphs) == set(manifest.parity["fp32_vs_torch"])
     for name, record in fp16.items():
         assert record["checked"] and record["tol"] == FP16_TOL and len(record["cases"]) == len(CHECK_SIZES)
-        assert 0 < record["max_abs"] and all(c["max_abs_over_scale"] <= FP16_TOL for c in record["cases"]), name
+        assert record["max_abs"] > 0 and all(c["max_abs_over_scale"] <= FP16_TOL for c in record["cases"]), name
         assert "MatMul" in record["ort_cpu_fp32_ops"]  # ORT CPU has no fp16 MatMul here: it upcasts
         assert manifest.graphs[name].quantization.startswith("float16")
 

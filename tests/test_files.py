@@ -165,9 +165,13 @@ def test_in_process_fallback_replaces(tmp_path, monkeypatch):
 def test_exception_leaves_old_and_no_temporary(tmp_path):
     final = tmp_path / "d"
     _write(final, OLD)
-    with pytest.raises(ValueError, match="half-way"), atomic_directory(final) as tmp:
-        _write(tmp, NEW)
-        raise ValueError("half-way")
+    def fill_then_fail() -> None:
+        with atomic_directory(final) as tmp:
+            _write(tmp, NEW)
+            raise ValueError("half-way")
+
+    with pytest.raises(ValueError, match="half-way"):
+        fill_then_fail()
     assert _snapshot(final) == OLD
     assert _siblings(final) == []
 

@@ -324,7 +324,7 @@ def test_attention_rejects_bad_input(case: str) -> None:
 def test_concepts_translates_bad_attention_input(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Through concepts (the boundary) the same message arrives as InputError, chained to the kernel's error."""
     args = _bad_attention_args(case)
-    with pytest.raises(ValueError) as kernel_error:
+    with pytest.raises(ValueError, match="box_cross_attention:") as kernel_error:
         kernels.box_cross_attention(*args)
     monkeypatch.setenv(concepts.BACKEND_ENV, "triton")
     with pytest.raises(InputError) as error:
@@ -360,7 +360,7 @@ def test_box_pool_rejects_bad_input(case: str) -> None:
 @pytest.mark.parametrize("case", BAD_POOL_INPUTS)
 def test_concepts_translates_bad_pool_input(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     args = _bad_pool_args(case)
-    with pytest.raises(ValueError) as kernel_error:
+    with pytest.raises(ValueError, match="box_pool:") as kernel_error:
         kernels.box_pool(*args)
     monkeypatch.setenv(concepts.BACKEND_ENV, "triton")
     with pytest.raises(InputError) as error:

@@ -30,7 +30,9 @@ ATOL_PIXELS = 1e-4
 
 @pytest.fixture(scope="module")
 def ref(reference_dir: Path) -> dict:
-    load = lambda p: torch.load(reference_dir / p, map_location="cpu", weights_only=True)
+    def load(p: str):
+        return torch.load(reference_dir / p, map_location="cpu", weights_only=True)
+
     return {
         "dir": reference_dir,
         "inputs": load("inputs/inputs.pt"),

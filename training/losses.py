@@ -33,7 +33,7 @@ class _GatherWithGrad(torch.autograd.Function):
     """all_gather of (n_r, ...) rows of every rank -> (sum n_r, ...); backward sums over ranks, keeps ours."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         world, rank = dist.get_world_size(), dist.get_rank()
         counts = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
         dist.all_gather(counts, torch.tensor([len(x)], device=x.device))
@@ -47,7 +47,7 @@ class _GatherWithGrad(torch.autograd.Function):
         return torch.cat([p[:n] for p, n in zip(parts, counts)])
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)  # every rank's loss depends on our rows
         start = sum(ctx.counts[: ctx.rank])

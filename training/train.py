@@ -280,7 +280,7 @@ class Stream:
     and a stream rebuilt at a saved position continues exactly where the old one stopped.
     """
 
-    def __init__(self, dataset, global_batch: int, rank: int, world: int, seed: int, num_texts: int | None, workers: int):  # noqa: ANN001
+    def __init__(self, dataset, global_batch: int, rank: int, world: int, seed: int, num_texts: int | None, workers: int):
         if global_batch % world:
             raise SystemExit(f"batch size {global_batch} is not divisible by world size {world}")
         self.dataset, self.global_batch, self.rank, self.world, self.seed = dataset, global_batch, rank, world, seed
@@ -443,7 +443,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def master(self) -> bool:

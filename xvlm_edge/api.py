@@ -212,7 +212,7 @@ class Model:
             layouts = [name for name, heads in LAYOUT_HEADS.items() if set(TASK_HEADS[task]) <= set(heads)]
             raise CheckpointError(
                 f"`{task}` needs the {', '.join(missing)} head(s), which this checkpoint lacks "
-                f"(it has {', '.join(self.config.heads)}); the official {' or '.join(repr(l) for l in layouts)} "
+                f"(it has {', '.join(self.config.heads)}); the official {' or '.join(repr(name) for name in layouts)} "
                 "layout carries them",
                 hint=f"load a {layouts[0]} checkpoint",
             )

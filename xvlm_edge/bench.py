@@ -90,7 +90,7 @@ class BenchConfig:
 class PeakRSS:
     """Peak resident set size (bytes) sampled every 2 ms while the context is open."""
 
-    def __enter__(self) -> PeakRSS:  # noqa: PYI034 (a plain class, no subclasses)
+    def __enter__(self) -> PeakRSS:
         self.base = self.peak = _rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -320,12 +320,14 @@ def _plot(results: list[dict], out: Path) -> str | None:
 
 def format_table(report: dict) -> str:
     lines = [f"{report['machine']['cpu']}, {report['machine']['threads']} threads; model {report['model']}",
-             f"{'task':8s} {'B':>2s} {'backend':18s} {'p50 ms':>9s} {'p95 ms':>9s} {'/s':>7s} {'tok/s':>7s} {'GFLOP/s':>8s} {'RSS+MiB':>8s} {'MiB':>7s}"]  # fmt: skip
+             f"{'task':8s} {'B':>2s} {'backend':18s} {'p50 ms':>9s} {'p95 ms':>9s} {'/s':>7s} {'tok/s':>7s} "
+             f"{'GFLOP/s':>8s} {'RSS+MiB':>8s} {'MiB':>7s}"]  # fmt: skip
     for r in report["results"]:
         lines.append(
             f"{r['task']:8s} {r['batch']:2d} {r['backend'] + ' ' + r['precision']:18s} {r['p50_s'] * 1e3:9.1f} {r['p95_s'] * 1e3:9.1f} "
             f"{r['throughput_per_s']:7.2f} {r.get('tokens_per_s', float('nan')):7.1f} {r.get('gflop_per_s', float('nan')):8.1f} "
             f"{r['peak_rss_delta_mib']:8.1f} {r['artefact_mib']:7.1f}"
         )
-    lines.append("speedup vs torch fp32 (p50): " + "; ".join(f"{s['task']} B={s['batch']} {s['backend']} {s['speedup']:.2f}x" for s in report["speedup_vs_torch_fp32"]))
+    speedups = (f"{s['task']} B={s['batch']} {s['backend']} {s['speedup']:.2f}x" for s in report["speedup_vs_torch_fp32"])
+    lines.append("speedup vs torch fp32 (p50): " + "; ".join(speedups))
     return "\n".join(lines)

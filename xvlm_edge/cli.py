@@ -406,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for command in tasks:
         command.add_argument("--model", help="checkpoint: an xvlm_edge directory or an official .th")
-        command.add_argument("--backend", default="auto", help="auto (default: torch), torch, onnxruntime (needs xvlm-edge export) or tensorrt (needs xvlm-edge engines)")
+        command.add_argument("--backend", default="auto",
+                             help="auto (default: torch), torch, onnxruntime (needs xvlm-edge export) or tensorrt (needs xvlm-edge engines)")
         command.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16", "int8"), help="fp16/bf16 need CUDA; int8 needs onnxruntime")
         command.add_argument("--device", help="cpu or cuda (default: cuda when present)")
 

@@ -202,11 +202,11 @@ class Graph(nn.Module):
         self.spec = spec
 
     @property
-    def INPUTS(self) -> tuple[str, ...]:  # noqa: N802 (the graphs' established name, read by every exporter)
+    def INPUTS(self) -> tuple[str, ...]:
         return self.spec.inputs
 
     @property
-    def OUTPUTS(self) -> tuple[str, ...]:  # noqa: N802
+    def OUTPUTS(self) -> tuple[str, ...]:
         return self.spec.outputs
 
 

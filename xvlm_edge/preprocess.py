@@ -13,11 +13,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import cv2
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # Pillow is optional: its image type is named for checkers, never imported at run time
+    import PIL.Image
 
 from xvlm_edge.errors import BackendUnavailableError, ImageError, InputError
 
@@ -47,7 +50,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_PIXELS = 100_000_000
 
 Backend = Literal["auto", "cpp", "numpy"]
-# Pillow is optional, so its image type is only named, never imported.
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, "PIL.Image.Image"]
 
 # Pillow's fixed-point taps: 22 fraction bits (32 - 8 for the pixel - 2 for the negative-lobe overshoot).
@@ -293,7 +295,7 @@ def _taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     scale = float(np.float32(in_size)) / out_size
     filterscale = max(scale, 1.0)
     support = 2.0 * filterscale
-    ksize = int(math.ceil(support)) * 2 + 1
+    ksize = math.ceil(support) * 2 + 1
     center = (np.arange(out_size) + 0.5) * scale
     first = np.maximum((center - support + 0.5).astype(np.int64), 0)  # astype truncates toward 0, as C
     count = np.minimum((center + support + 0.5).astype(np.int64), in_size) - first
@@ -315,7 +317,7 @@ def _resample_axis(img: np.ndarray, out_size: int, axis: int) -> np.ndarray:
     first, weights = _taps(in_size, out_size)
     shape = [1, 1, 1]
     shape[axis] = out_size
-    acc = np.full(img.shape[:axis] + (out_size,) + img.shape[axis + 1 :], 1 << (_PRECISION_BITS - 1), np.int32)
+    acc = np.full((*img.shape[:axis], out_size, *img.shape[axis + 1 :]), 1 << (_PRECISION_BITS - 1), np.int32)
     for k in range(weights.shape[1]):  # int32 cannot overflow: |sum of taps| < 1.25 * 2**22
         src = np.take(img, np.minimum(first + k, in_size - 1), axis=axis)  # clamped taps have weight 0
         acc += src.astype(np.int32) * weights[:, k].reshape(shape)

@@ -45,7 +45,7 @@ from xvlm_edge.export.gate import (
 )
 from xvlm_edge.export.quantize import DEFAULT_EXCLUDE, GraphQuantizer, qdq_violations, to_pixels
 from xvlm_edge.graphs import DECODER_HEADS, SCORE, STEP, catalogue, decoder_graph
-from xvlm_edge.manifest import ExportManifest, GraphFile
+from xvlm_edge.manifest import ExportManifest
 from xvlm_edge.runtime.base import Runtime
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class GraphPlan:
 class Int8Settings:
     """What the user asked of an INT8 export (`export_model`'s arguments)."""
 
-    thresholds: Thresholds = Thresholds()
+    thresholds: Thresholds = field(default_factory=Thresholds)
     force: bool = False
     strict: bool = False
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
@@ -342,4 +342,4 @@ def check_keep_fp32(keep_fp32: Sequence[str], names: Sequence[str]) -> None:
         raise InputError(f"--keep-fp32 names graphs this checkpoint lacks: {sorted(unknown)} (has {sorted(names)})")
 
 
-__all__ = ["CALIBRATION_IMAGES", "SENSITIVITY_BUDGET", "DESCRIPTIONS", "EVAL_IMAGES", "GraphPlan", "Int8Settings", "PlanSearch", "graph_options"]
+__all__ = ["CALIBRATION_IMAGES", "DESCRIPTIONS", "EVAL_IMAGES", "SENSITIVITY_BUDGET", "GraphPlan", "Int8Settings", "PlanSearch", "graph_options"]

@@ -107,7 +107,7 @@ def example_inputs(model: XVLM, graphs: dict[str, nn.Module], sizes: Sizes, seed
                 q_atts = torch.ones(b, t, dtype=torch.long)
                 q_atts[b // 2 :, t - 1] = 0
                 states = graphs["multimodal"](q_ids, q_atts, image_embeds, torch.arange(b), torch.ones(b, n, dtype=torch.long))[0]
-                cross_atts_of = lambda rows: q_atts[rows]  # noqa: E731
+                cross_atts_of = lambda rows, q_atts=q_atts: q_atts[rows]  # noqa: E731
             out[decoder_graph(decoder, CROSS_KV)] = (states,)
             cross_k, cross_v = graphs[decoder_graph(decoder, CROSS_KV)](states)
             layers, heads, dim = decoder_shape(graphs[step_name].decoder)

@@ -205,7 +205,7 @@ def beam_search(
         if not finished_image:
             for beam in range(n):
                 hyps[b].add(ids[b * n + beam], final_scores[b * n + beam])
-        score, best_ids = sorted(hyps[b].beams, key=lambda item: item[0])[-1]  # noqa: FURB192 (HF takes the last of a stable sort; max takes the first on ties)
+        score, best_ids = sorted(hyps[b].beams, key=lambda item: item[0])[-1]
         best_ids = best_ids.cpu()
         if len(best_ids) < max_length:
             best_ids = torch.cat([best_ids, best_ids.new_tensor([eos_id])])

@@ -23,4 +23,4 @@ def nlvr_logits(
 def nlvr_verdicts(logits: torch.Tensor) -> list[Verdict]:
     """The official prediction is the argmax; the score is the softmax probability of "true"."""
     probs = logits.softmax(-1)[:, 1]
-    return [Verdict(bool(l[1] > l[0]), float(p), 0.5) for l, p in zip(logits, probs)]
+    return [Verdict(bool(row[1] > row[0]), float(p), 0.5) for row, p in zip(logits, probs)]
