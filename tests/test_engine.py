@@ -253,7 +253,7 @@ def test_read_engine_dir_checks_hash_and_files(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(EngineError, match=r"no engine manifests") as info:
         trt_runtime.read_engine_dir(tmp_path / "empty")
-    assert "xvlm-edge export" in info.value.hint
+    assert "xvlm-edge engines" in info.value.hint
     with pytest.raises(EngineError, match="does not exist"):
         trt_runtime.read_engine_dir(tmp_path / "nowhere")
 

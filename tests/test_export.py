@@ -155,22 +155,45 @@ def test_strict_refuses_broken_calibration(bbox_dir: Path) -> None:
     assert not [p for p in final.parent.iterdir() if p.name.startswith(".")]  # no temp dir left
 
 
-def test_search_mends_broken_calibration(bbox_dir: Path, tmp_path: Path) -> None:
+def test_search_steps_a_broken_graph_down(bbox_dir: Path, tmp_path: Path) -> None:
     """Without --strict the plan search moves the vision graph off its broken static calibration until the
-    gate passes, measures only what the failing metric depends on, and records why."""
+    gate passes, re-measuring only what the failing metric depends on, and records why. (Budget 0: whole
+    graphs only; the per-MatMul move is the next test's.)"""
     out = tmp_path / "int8"
     manifest = export_model(
-        bbox_dir, "int8", destination=out, calibration=FLAT, eval_images=images(3), thresholds=GATE, threads=1, reduce_range=True
+        bbox_dir, "int8", destination=out, calibration=FLAT, eval_images=images(3), thresholds=GATE, threads=1,
+        sensitivity_budget=0, reduce_range=True,
     )  # fmt: skip
     assert manifest.accuracy["passed"] and manifest.accuracy["metrics"]["vision_cosine"] >= GATE.vision_cosine
     plan, trials = manifest.quantization["plan"], manifest.quantization["trials"]
-    assert plan["vision"]["option"] != "static" or plan["vision"]["kept_float"]
-    assert plan["vision"]["reason"] != "fastest option"
+    assert plan["vision"]["option"] == "dynamic" and plan["vision"]["reason"] == "static failed the gate"
     assert plan["text"]["option"] == plan["fusion"]["option"] == "dynamic"  # not suspects of vision_cosine
-    assert trials and all(t["graph"] == "vision" for t in trials)
-    assert all(set(t["metrics"]) == {"vision_cosine"} for t in trials)  # only the failing task re-measured
+    assert [(t["graph"], t["move"]) for t in trials] == [("vision", "dynamic")]
+    assert set(trials[0]["metrics"]) == {"vision_cosine"}  # only the failing task re-measured
     assert manifest.quantization["reduce_range"] is True and manifest.quantization["reduce_range_source"] == "set by the user"
     assert ExportManifest.read(out).graphs["vision"].sha256 == sha256_file(out / "vision.onnx")
+
+
+def test_search_keeps_a_planted_outlier_in_float(tmp_path: Path) -> None:
+    """One text weight 50x the largest stretches its MatMul's int8 scale: the gate fails on grounding and
+    matching, and the search keeps exactly that MatMul in float rather than the whole text graph."""
+    import torch
+
+    from xvlm_edge.checkpoint import load_directory, save
+
+    directory = make_checkpoint(tmp_path / "planted", ("itm", "bbox"), seed=1)
+    checkpoint = load_directory(directory)
+    weight = checkpoint.model.text_encoder.encoder.layer[1].intermediate.dense.weight
+    with torch.no_grad():
+        weight[0, 0] = 50 * weight.abs().max()
+    save(checkpoint, directory)
+    strict = Thresholds(vision_cosine=0.99, ground_iou=0.97, itm_agreement=1.0)
+    manifest = export_model(directory, "int8", eval_images=images(3), thresholds=strict, keep_fp32=("vision",), threads=1)
+    plan = manifest.quantization["plan"]
+    assert manifest.accuracy["passed"]
+    assert plan["text"]["option"] == "dynamic" and plan["text"]["reason"] == "sensitivity search"
+    assert [n for n in plan["text"]["kept_float"] if "layer.1/intermediate/dense" in n] == plan["text"]["kept_float"][:1]
+    assert manifest.graphs["text"].int8_matmuls == 12 - len(plan["text"]["kept_float"])
 
 
 def test_force_writes_and_records_a_failing_export(bbox_dir: Path, tmp_path: Path) -> None:
