@@ -61,7 +61,9 @@ def caption_dir(tmp_path_factory) -> Path:
 def bbox_dir(tmp_path_factory) -> Path:
     directory = make_checkpoint(tmp_path_factory.mktemp("export") / "bbox", ("itm", "bbox"), seed=1)
     export_model(directory, "fp32", threads=1)
-    export_model(directory, "int8", calibration=synthetic_images(8, 160, seed=3), eval_images=images(3), thresholds=GATE, threads=1)
+    export_model(directory, "int8", eval_images=images(3), thresholds=GATE, threads=1)  # ONNX Runtime: dynamic INT8
+    # TensorRT: the Q/DQ vision graph, calibrated; the rest float
+    export_model(directory, "int8", "tensorrt", calibration=synthetic_images(8, 160, seed=3), eval_images=images(3), thresholds=GATE, threads=1)
     return directory
 
 
@@ -121,8 +123,28 @@ def test_parity_at_fresh_sizes(caption_dir: Path, bbox_dir: Path, layout: str) -
         assert found["max_abs"] <= FP32_ATOL, name
 
 
-def test_qdq_structure_and_gate_record(bbox_dir: Path) -> None:
+def test_dynamic_int8_plan_and_gate_record(bbox_dir: Path) -> None:
+    """ONNX Runtime INT8: every graph dynamic INT8 (the fastest option) when it passes the gate."""
     root = bbox_dir / "export" / "onnxruntime-int8"
+    manifest = ExportManifest.read(root)
+    for name, entry in manifest.graphs.items():
+        assert entry.int8_matmuls > 0 and entry.qdq_nodes == 0, name
+        assert qdq_violations(root / f"{name}.onnx") == [], name
+    vision = onnx.load(str(root / "vision.onnx"), load_external_data=False).graph
+    patch = [n for n in vision.node if "patch_embed" in n.name and n.op_type == "Conv"]
+    assert patch  # the patch embedding stays a float Conv (only MatMul/Gemm are quantised dynamically)
+    accuracy = manifest.accuracy
+    assert accuracy["passed"] and not accuracy["forced"]
+    assert accuracy["metrics"]["vision_cosine"] >= GATE.vision_cosine and accuracy["metrics"]["ground_iou"] >= 0.8
+    assert {"itm_agreement", "itm_mean_abs_diff"} <= set(accuracy["metrics"])
+    assert {step["option"] for step in manifest.quantization["plan"].values()} == {"dynamic"}
+    assert manifest.quantization["reduce_range"] == needs_reduced_range()  # follows this CPU
+    assert manifest.quantization["reduce_range_source"].startswith("detected")
+
+
+def test_qdq_structure_for_tensorrt(bbox_dir: Path) -> None:
+    """TensorRT INT8: explicit Q/DQ around the vision graph's Conv/MatMul inputs, float islands kept float."""
+    root = bbox_dir / "export" / "tensorrt-int8"
     manifest = ExportManifest.read(root)
     vision = onnx.load(str(root / "vision.onnx"), load_external_data=False).graph
     ops = [n.op_type for n in vision.node]
@@ -133,23 +155,17 @@ def test_qdq_structure_and_gate_record(bbox_dir: Path) -> None:
     patch = [n for n in vision.node if "patch_embed" in n.name and n.op_type == "Conv"]
     producers = {o: n.op_type for n in vision.node for o in n.output}
     assert patch and producers.get(patch[0].input[0]) != "DequantizeLinear"  # the sensitive layer stays float
-    assert manifest.graphs["text"].int8_matmuls > 0 and manifest.graphs["fusion"].int8_matmuls > 0
-    accuracy = manifest.accuracy
-    assert accuracy["passed"] and not accuracy["forced"]
-    assert accuracy["metrics"]["vision_cosine"] >= GATE.vision_cosine and accuracy["metrics"]["ground_iou"] >= 0.8
-    assert {"itm_agreement", "itm_mean_abs_diff"} <= set(accuracy["metrics"])
     plan = manifest.quantization["plan"]
-    assert plan["vision"]["option"] == "static" and plan["text"]["option"] == "dynamic"  # every graph at its fastest
-    assert manifest.quantization["reduce_range"] == needs_reduced_range()  # follows this CPU
-    assert manifest.quantization["reduce_range_source"].startswith("detected")
+    assert plan["vision"]["option"] == "static" and plan["text"]["option"] == plan["fusion"]["option"] == "float"
+    assert manifest.accuracy["passed"] and manifest.quantization["calibration_images"] == 8
 
 
 def test_strict_refuses_broken_calibration(bbox_dir: Path) -> None:
     """--strict: a broken calibration fails the gate and nothing is written; the old export is untouched."""
-    final = bbox_dir / "export" / "onnxruntime-int8"
+    final = bbox_dir / "export" / "tensorrt-int8"
     before = sha256_file(final / "manifest.json")
     with pytest.raises(AccuracyGateError, match="vision_cosine") as info:
-        export_model(bbox_dir, "int8", calibration=FLAT, eval_images=images(3), thresholds=GATE, strict=True, threads=1)
+        export_model(bbox_dir, "int8", "tensorrt", calibration=FLAT, eval_images=images(3), thresholds=GATE, strict=True, threads=1)
     assert info.value.metrics["vision_cosine"] < GATE.vision_cosine
     assert sha256_file(final / "manifest.json") == before  # the good export is untouched
     assert not [p for p in final.parent.iterdir() if p.name.startswith(".")]  # no temp dir left
@@ -161,22 +177,22 @@ def test_search_steps_a_broken_graph_down(bbox_dir: Path, tmp_path: Path) -> Non
     graphs only; the per-MatMul move is the next test's.)"""
     out = tmp_path / "int8"
     manifest = export_model(
-        bbox_dir, "int8", destination=out, calibration=FLAT, eval_images=images(3), thresholds=GATE, threads=1,
+        bbox_dir, "int8", "tensorrt", destination=out, calibration=FLAT, eval_images=images(3), thresholds=GATE, threads=1,
         sensitivity_budget=0, reduce_range=True,
     )  # fmt: skip
     assert manifest.accuracy["passed"] and manifest.accuracy["metrics"]["vision_cosine"] >= GATE.vision_cosine
     plan, trials = manifest.quantization["plan"], manifest.quantization["trials"]
-    assert plan["vision"]["option"] == "dynamic" and plan["vision"]["reason"] == "static failed the gate"
-    assert plan["text"]["option"] == plan["fusion"]["option"] == "dynamic"  # not suspects of vision_cosine
-    assert [(t["graph"], t["move"]) for t in trials] == [("vision", "dynamic")]
+    assert plan["vision"]["option"] == "float" and plan["vision"]["reason"] == "static failed the gate"
+    assert [(t["graph"], t["move"]) for t in trials] == [("vision", "float")]
     assert set(trials[0]["metrics"]) == {"vision_cosine"}  # only the failing task re-measured
     assert manifest.quantization["reduce_range"] is True and manifest.quantization["reduce_range_source"] == "set by the user"
     assert ExportManifest.read(out).graphs["vision"].sha256 == sha256_file(out / "vision.onnx")
 
 
 def test_search_keeps_a_planted_outlier_in_float(tmp_path: Path) -> None:
-    """One text weight 50x the largest stretches its MatMul's int8 scale: the gate fails on grounding and
-    matching, and the search keeps exactly that MatMul in float rather than the whole text graph."""
+    """An outlier input feature (its weights 50x the largest, in every output column) stretches every
+    per-channel int8 scale of one MatMul: the gate fails on grounding and matching, and the search keeps
+    that MatMul in float rather than the whole text graph."""
     import torch
 
     from xvlm_edge.checkpoint import load_directory, save
@@ -185,7 +201,7 @@ def test_search_keeps_a_planted_outlier_in_float(tmp_path: Path) -> None:
     checkpoint = load_directory(directory)
     weight = checkpoint.model.text_encoder.encoder.layer[1].intermediate.dense.weight
     with torch.no_grad():
-        weight[0, 0] = 50 * weight.abs().max()
+        weight[:, 0] = 50 * weight.abs().max() * torch.sign(weight[:, 0])
     save(checkpoint, directory)
     strict = Thresholds(vision_cosine=0.99, ground_iou=0.97, itm_agreement=1.0)
     manifest = export_model(directory, "int8", eval_images=images(3), thresholds=strict, keep_fp32=("vision",), threads=1)
@@ -199,8 +215,8 @@ def test_search_keeps_a_planted_outlier_in_float(tmp_path: Path) -> None:
 def test_force_writes_and_records_a_failing_export(bbox_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "forced"
     forced = export_model(
-        bbox_dir, "int8", destination=out, calibration=FLAT, eval_images=images(3), thresholds=GATE, force=True,
-        keep_fp32=("text",), threads=1,
+        bbox_dir, "int8", "tensorrt", destination=out, calibration=FLAT, eval_images=images(3), thresholds=GATE,
+        force=True, keep_fp32=("text",), threads=1,
     )  # fmt: skip
     assert forced.forced and forced.accuracy["failures"] and not forced.quantization["trials"]  # no search
     assert forced.graphs["text"].quantization == "float32" and forced.graphs["text"].int8_matmuls == 0

@@ -15,7 +15,7 @@ from xvlm_edge.config import LAYOUT_HEADS, get_preset
 from xvlm_edge.models.bert import LMHead
 from xvlm_edge.models.xvlm import XVLM
 from xvlm_edge.runtime import create_runtime
-from xvlm_edge.runtime.torch_backend import SKINNY_ROWS, StreamingLinear, StreamingLMHead, own_copy
+from xvlm_edge.runtime.torch_backend import SKINNY_ROWS, StreamingLinear, StreamingLMHead, own_copy, stream_weights, streaming_pays
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -80,10 +80,31 @@ def test_the_callers_module_is_never_changed() -> None:
     assert after["training"] == before["training"]
     assert all(torch.equal(before["tensors"][k], v) for k, v in after["tensors"].items())
     ours = runtime.model
-    assert StreamingLinear in {type(m) for m in ours.caption_decoder.modules()}  # the runtime's own decoder streams
+    streamed = StreamingLinear in {type(m) for m in ours.caption_decoder.modules()}
+    assert streamed == runtime.info["decoder_linear"].startswith("streamed")  # whichever this CPU measured faster
     assert not ours.training
     assert ours.caption_decoder.head.bias is model.caption_decoder.head.bias  # no memory doubled
     assert ours.vision_encoder.patch_embed.proj.weight is model.vision_encoder.patch_embed.proj.weight
+
+
+def test_stream_weights_swaps_only_the_copy() -> None:
+    """The streamed decoder (what the runtime builds where streaming pays) shares the caller's parameters."""
+    model = XVLM(get_preset("tiny", LAYOUT_HEADS["captioning"])).eval()
+    ours = own_copy(model, torch.device("cpu"), torch.float32)
+    stream_weights(ours.caption_decoder)
+    types = {type(m) for m in ours.caption_decoder.modules()}
+    assert StreamingLinear in types and StreamingLMHead in types and nn.Linear not in types
+    assert StreamingLinear not in {type(m) for m in model.modules()}
+    assert ours.caption_decoder.bert.encoder.layer[0].intermediate.dense.weight is model.caption_decoder.bert.encoder.layer[0].intermediate.dense.weight
+    assert set(ours.state_dict()) == set(model.state_dict())
+
+
+def test_streaming_choice_is_measured() -> None:
+    model = XVLM(get_preset("tiny", LAYOUT_HEADS["captioning"])).eval()
+    pays, timing = streaming_pays([model.caption_decoder])
+    assert isinstance(pays, bool) and "ms streamed vs" in timing and "F.linear" in timing
+    assert streaming_pays([]) == (False, "no decoder")
+    assert "decoder_linear" not in create_runtime(XVLM(get_preset("tiny", ("itm",))).eval(), backend="torch").info
 
 
 def test_own_copy_converts_without_touching_the_original() -> None:

@@ -44,12 +44,18 @@ def ort_session(path: str | Path, threads: int | None = None, *, optimized_copy:
     Threads never spin: decoding interleaves short ORT runs with torch ops (beam search, cache reorder), and
     ORT's threads spinning after each run starved torch's on the same cores (log_softmax of a (3, 156)
     tensor took 1.8 ms instead of 10 us).
+
+    Denormals are flushed to zero: Swin's shifted-window mask sends exp(-100) through Softmax, and denormal
+    arithmetic made Softmax 20 % of the INT8 vision graph (131 ms, Xeon with AVX-512); flushed, the graph
+    runs 1.3x faster (377 -> 293 ms) and the dynamic INT8 one 2x. Values below 1.2e-38 cannot move an fp32
+    result past the parity bound.
     """
     ort = require_onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

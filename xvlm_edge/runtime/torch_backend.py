@@ -6,18 +6,22 @@ The runtime owns the modules it runs and never changes the caller's: on the call
 runs a copy of the module tree that shares the caller's tensors (no memory doubled); otherwise a converted
 copy. Outputs stay on the runtime's device (`runtime/base.py`).
 
-One CPU-specific change, made in the runtime's own decoder modules: their linear layers are
+One CPU-specific choice, made in the runtime's own decoder modules: their linear layers may be
 `StreamingLinear`, which computes `(W @ x^T)^T` when x has few rows. A cached decode step multiplies 3 rows
-(the beams) by every weight, so it is bound by streaming the weights from memory, and on a 2-core EPYC
-`F.linear` (oneDNN, x @ W^T) streamed DRAM-resident weights at ~2.9 GB/s but `torch.mm(W, x^T)` at ~9 GB/s:
-the same math, a 3x faster step (`benchmarks/bench_tasks.py` times both). Only the summation order changes
-(~1e-7 relative); the parity tests run with it.
+(the beams) by every weight, so it is bound by streaming the weights from memory. Which product streams
+faster depends on the CPU: on a 2-core AMD EPYC `F.linear` (oneDNN, x @ W^T) streamed DRAM-resident weights
+at ~2.9 GB/s and `torch.mm(W, x^T)` at ~9 GB/s (a 3x faster step), while on a 2-core Xeon with AVX-512 the
+streamed step took 68 ms and `F.linear` 38 ms (`benchmarks/bench_tasks.py --cases stream` times both).
+So the runtime measures both on the decoders' own weights when it is built (`streaming_pays`, tens of ms
+at the base size), uses the faster, and says which in `info["decoder_linear"]`. Only the summation order
+differs (~1e-7 relative); the parity tests run with either.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import time
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +103,28 @@ class StreamingLMHead(nn.Module):
         return streaming_linear(x, word_embeddings, self.bias)
 
 
+def streaming_pays(modules: list[nn.Module], rows: int = 3, margin: float = 0.9) -> tuple[bool, str]:
+    """Whether `(W @ x^T)^T` beats `F.linear` by `margin` on this CPU for the linear layers under `modules`
+    (a decode step's `rows`), and the timings that decided. Every weight is read once per pass, so the
+    passes stream what a decode step streams; the best of three interleaved passes each."""
+    weights = [m.weight for module in modules for m in module.modules() if type(m) is nn.Linear]
+    weights += [m.bert.embeddings.word_embeddings.weight for module in modules for m in module.modules() if hasattr(m, "head")]
+    if not weights:
+        return False, "no decoder"
+    inputs = [torch.randn(rows, w.shape[1], dtype=w.dtype) for w in weights]
+    best = {"F.linear": float("inf"), "streamed": float("inf")}
+    with torch.no_grad():
+        for _ in range(3):
+            for name, product in (("F.linear", lambda x, w: F.linear(x, w)), ("streamed", lambda x, w: torch.mm(w, x.t()))):
+                start = time.perf_counter()
+                for x, w in zip(inputs, weights):
+                    product(x, w)
+                best[name] = min(best[name], time.perf_counter() - start)
+    pays = best["streamed"] < margin * best["F.linear"]
+    timing = f"{best['streamed'] * 1e3:.1f} ms streamed vs {best['F.linear'] * 1e3:.1f} ms F.linear over {len(weights)} weights"
+    return pays, timing
+
+
 def stream_weights(module: nn.Module) -> None:
     """Replace every `nn.Linear` and `LMHead` under `module` (which must be the caller's own) by its
     streaming version, sharing the parameters."""
@@ -138,12 +164,14 @@ class TorchRuntime(Runtime):
         self.precision = precision
         self.dtype = _DTYPES[precision]
         self.model = own_copy(model, self.device, self.dtype)
-        if self.device.type == "cpu":
-            for name in ("caption_decoder", "answer_decoder"):
-                if hasattr(self.model, name):
-                    stream_weights(getattr(self.model, name))
-        self.graphs = build_graphs(self.model)
         self.info = {"backend": self.name, "device": str(self.device), "precision": precision}
+        decoders = [getattr(self.model, name) for name in ("caption_decoder", "answer_decoder") if hasattr(self.model, name)]
+        if self.device.type == "cpu" and decoders:
+            pays, timing = streaming_pays(decoders)
+            for decoder in decoders if pays else ():
+                stream_weights(decoder)
+            self.info["decoder_linear"] = f"{'streamed (W @ x^T)' if pays else 'F.linear'}: {timing}"
+        self.graphs = build_graphs(self.model)
 
     def has(self, graph: str) -> bool:
         return graph in self.graphs
@@ -167,4 +195,14 @@ class TorchRuntime(Runtime):
         return tuple(module(*moved))
 
 
-__all__ = ["SKINNY_ROWS", "StreamingLMHead", "StreamingLinear", "TorchRuntime", "own_copy", "resolve_device", "stream_weights", "streaming_linear"]
+__all__ = [
+    "SKINNY_ROWS",
+    "StreamingLMHead",
+    "StreamingLinear",
+    "TorchRuntime",
+    "own_copy",
+    "resolve_device",
+    "stream_weights",
+    "streaming_linear",
+    "streaming_pays",
+]
