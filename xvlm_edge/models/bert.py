@@ -63,6 +63,7 @@ class BertSelfAttention(nn.Module):
     def __init__(self, config: TextConfig, kv_width: int) -> None:
         super().__init__()
         self.num_heads = config.num_heads
+        self.head_dim = config.hidden_size // config.num_heads
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(kv_width, config.hidden_size)
         self.value = nn.Linear(kv_width, config.hidden_size)
@@ -132,7 +133,9 @@ class BertLayer(nn.Module):
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         q = attn.heads(attn.query(x))
-        out = _merge_heads(F.scaled_dot_product_attention(q, k, v, self_mask))
+        # The scale is a Python constant: left to SDPA, the ONNX export computes 1/sqrt(d) from the tensor's
+        # shape at every call (Shape, Gather, Cast, Sqrt, Div per layer)
+        out = _merge_heads(F.scaled_dot_product_attention(q, k, v, self_mask, scale=attn.head_dim**-0.5))
         x = self.attention.output(out, x)
         if self.crossattention is not None:
             if context is None:
