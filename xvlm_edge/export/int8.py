@@ -187,6 +187,7 @@ class PlanSearch:
         self.Model = Model
         self.plan: dict[str, GraphPlan] = {}
         self.trials: list[dict[str, Any]] = []
+        self._searched: dict[tuple[str, str], GraphPlan] = {}  # (graph, option) -> the sensitivity search's plan
 
     # -- files -------------------------------------------------------------------------------------------
 
@@ -245,20 +246,26 @@ class PlanSearch:
         return _Move(name, lower, _MOVE_COST[(plan.option, lower)] * self.bytes[name])
 
     def _planned(self, move: _Move) -> GraphPlan:
-        """The plan of `move.graph` after `move` (the sensitivity search runs here)."""
-        from xvlm_edge.export.sensitivity import search_sensitive_nodes
-
+        """The plan of `move.graph` after `move` (the sensitivity search runs here, once per graph and option)."""
         plan = self.plan[move.graph]
         if move.kind != "search":
             return GraphPlan(move.kind, reason=f"{plan.option} failed the gate")
-        quantizer = self.quantizers[move.graph]
-        feeds = self.recorder.feeds.get(move.graph, [])
+        key = (move.graph, plan.option)
+        if key not in self._searched:  # a search tried and not taken in one round is offered again in the next
+            self._searched[key] = self._search(move.graph, plan)
+        return self._searched[key]
+
+    def _search(self, graph: str, plan: GraphPlan) -> GraphPlan:
+        from xvlm_edge.export.sensitivity import search_sensitive_nodes
+
+        quantizer = self.quantizers[graph]
+        feeds = self.recorder.feeds.get(graph, [])
         candidates = quantizer.candidates(constant_weight_only=plan.option != STATIC)
         if not feeds or not candidates:
             return replace(plan, searched=True)
 
         def quantize(_src: Path, dst: Path, keep: Sequence[str]) -> None:
-            self._write(move.graph, replace(plan, kept_float=list(keep)), dst)
+            self._write(graph, replace(plan, kept_float=list(keep)), dst)
 
         found = search_sensitive_nodes(
             quantizer.src, quantize, feeds, candidates, self.settings.sensitivity_budget, threads=self.settings.threads

@@ -63,7 +63,7 @@ class BertSelfAttention(nn.Module):
     def __init__(self, config: TextConfig, kv_width: int) -> None:
         super().__init__()
         self.num_heads = config.num_heads
-        self.head_dim = config.hidden_size // config.num_heads
+        self.head_dim = config.hidden_size // max(1, config.num_heads)  # a config with 0 heads is refused elsewhere, with its reason
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(kv_width, config.hidden_size)
         self.value = nn.Linear(kv_width, config.hidden_size)
