@@ -167,10 +167,19 @@ def test_directory_weights_not_matching_config(tiny: Checkpoint, tmp_path: Path)
         load_directory(out)
 
 
-def test_official_vocab_size_mismatch(reference_dir: Path) -> None:
+def test_official_vocab_size_mismatch(reference_dir: Path, tmp_path: Path) -> None:
     """The fixture's tiny-vocab model with the 30522-token default vocab must be refused, not misread."""
+    Tokenizer.default().save(tmp_path / "vocab.txt")
     with pytest.raises(CheckpointError, match="vocabulary has 30522 tokens"):
+        convert_official(reference_dir / "checkpoints/swin_bbox.th", vocab=tmp_path / "vocab.txt")
+
+
+def test_convert_without_its_jsons_is_refused_with_the_fix(reference_dir: Path) -> None:
+    """Without the yaml's jsons the head counts are guessed as width // 64: 0 for the fixture's 32-wide text
+    encoder. That is refused, naming the field and the fix, instead of writing a model with 0 heads."""
+    with pytest.raises(CheckpointError, match=r"text\.num_heads must be a positive integer, got 0.*not found") as info:
         convert_official(reference_dir / "checkpoints/swin_bbox.th", config_root=Path("/nonexistent"))
+    assert "config_root" in info.value.hint
 
 
 def test_one_model_carries_every_head(reference_dir: Path) -> None:

@@ -80,7 +80,9 @@ def test_ground_match_check_retrieve_equal_torch(pair) -> None:
     ref, got = torch_model.retrieve(images(3), PHRASES, k=2), ort_model.retrieve(images(3), PHRASES, k=2)
     assert torch.allclose(ref.scores.sims, got.scores.sims, atol=ATOL)
     assert torch.allclose(ref.scores.i2t, got.scores.i2t, atol=ATOL)
-    assert [[t for t, _ in row] for row in ref.texts_for_image] == [[t for t, _ in row] for row in got.texts_for_image]
+    assert [[t.index for t in row] for row in ref.texts_for_image] == [[t.index for t in row] for row in got.texts_for_image]
+    for ref_row, got_row in zip(ref.texts_for_image, got.texts_for_image):
+        assert np.allclose([t.probability for t in ref_row], [t.probability for t in got_row], atol=ATOL)
 
 
 def test_int8_runs_every_task(model_dir) -> None:
@@ -106,7 +108,7 @@ def test_vqa_and_nlvr_equal_torch(tmp_path, layout: str) -> None:
         assert [x.text for x in ref.answer(a, questions)] == [x.text for x in got.answer(a, questions)]
         ranked_ref, ranked_got = ref.answer(a, questions, ["red", "blue", "two"]), got.answer(a, questions, ["red", "blue", "two"])
         for r, g in zip(ranked_ref, ranked_got):
-            assert r.text == g.text and abs(r.score - g.score) < ATOL
+            assert r.text == g.text and abs(r.probability - g.probability) < ATOL and abs(r.share - g.share) < ATOL
     else:
         for r, g in zip(ref.nlvr(a, b, PHRASES), got.nlvr(a, b, PHRASES)):
             assert r.verdict == g.verdict and abs(r.score - g.score) < ATOL
@@ -126,6 +128,9 @@ def test_official_captioning_fixture_ids_equal_torch(reference_dir, tmp_path) ->
 def test_threads_and_info(model_dir) -> None:
     model = xvlm_edge.load(model_dir, backend="onnxruntime", threads=2)
     assert model.info["backend"] == "onnxruntime" and model.info["threads"] == "2" and model.info["precision"] == "fp32"
+    assert model.info["threads_reason"] == "asked"
+    defaulted = xvlm_edge.load(model_dir, backend="onnxruntime")
+    assert int(defaulted.info["threads"]) >= 1 and defaulted.info["threads_reason"].startswith("default")
     with pytest.raises(InputError, match="threads"):
         xvlm_edge.load(model_dir, backend="onnxruntime", threads=0)
     assert model.checkpoint.model is None  # the export is the model: no PyTorch weights loaded

@@ -28,7 +28,7 @@ from xvlm_edge.models.xvlm import XVLM
 from xvlm_edge.runtime import create_runtime, full_image_atts
 from xvlm_edge.tasks.caption import generate_captions
 from xvlm_edge.tasks.match import verdicts
-from xvlm_edge.tasks.retrieve import itm_scores, retrieval_scores
+from xvlm_edge.tasks.retrieve import itm_logits, retrieval_scores
 from xvlm_edge.tokenizer import Tokenizer
 
 ATOL = 1e-5
@@ -68,7 +68,8 @@ def test_cached_decoding_equals_uncached(captioner: Model, beams: int) -> None:
     kwargs = {"prompt": settings.caption_prompt, "max_length": 12, "min_length": 7, "num_beams": beams}
     runs = [generate_captions(captioner.runtime, TOKENIZER, encoded.image_embeds, **kwargs, cached=c) for c in (True, False)]
     assert [c.token_ids for c in runs[0]] == [c.token_ids for c in runs[1]]
-    assert np.allclose([c.score for c in runs[0]], [c.score for c in runs[1]], atol=ATOL)
+    assert np.allclose([c.logprob for c in runs[0]], [c.logprob for c in runs[1]], atol=ATOL)
+    assert [c.truncated for c in runs[0]] == [c.truncated for c in runs[1]]
     prompt = len(TOKENIZER.caption_prompt_ids(settings.caption_prompt))
     for caption in runs[0]:
         assert caption.token_ids[:prompt] == TOKENIZER.caption_prompt_ids(settings.caption_prompt).tolist()
@@ -109,7 +110,7 @@ def test_rerank_with_shared_kv_equals_official_copies(pretrain: Model) -> None:
     ours = TOKENIZER.encode(texts, max_length=pretrain.config.max_tokens)
     padded = TOKENIZER.encode(texts, max_length=pretrain.config.max_tokens, padding="max_length")
     embeds = runtime.text(ours.input_ids, ours.attention_mask).text_embeds
-    shared = itm_scores(runtime, image, embeds, ours.attention_mask, torch.zeros(4, dtype=torch.long), torch.arange(4))
+    shared = itm_logits(runtime, image, embeds, ours.attention_mask, torch.zeros(4, dtype=torch.long), torch.arange(4))[:, 1]
     copies = image.expand(4, -1, -1).contiguous()
     official = runtime.fusion(
         runtime.text(padded.input_ids, padded.attention_mask).text_embeds, padded.attention_mask, copies, torch.arange(4),
@@ -124,8 +125,9 @@ def test_retrieve_matrices_and_ranking(pretrain: Model) -> None:
     assert found.scores.i2t.shape == (3, 5) and found.scores.t2i.shape == (5, 3)
     assert ((found.scores.i2t > -100).sum(1) == 2).all() and ((found.scores.t2i > -100).sum(1) == 2).all()
     for i, ranked in enumerate(found.texts_for_image):  # re-ranked = the ITC top-k, ordered by ITM score
-        assert {t for t, _ in ranked} == set(found.scores.sims[i].topk(2).indices.tolist())
-        assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+        assert {r.index for r in ranked} == set(found.scores.sims[i].topk(2).indices.tolist())
+        assert [r.logit for r in ranked] == sorted((r.logit for r in ranked), reverse=True)
+        assert [r.logit for r in ranked] == [float(found.scores.i2t[i, r.index]) for r in ranked]
     # The same pair scored from both directions agrees.
     both = (found.scores.i2t > -100) & (found.scores.t2i.T > -100)
     assert torch.allclose(found.scores.i2t[both], found.scores.t2i.T[both])
@@ -174,8 +176,8 @@ def test_vqa_rank_batch_and_open_ended() -> None:
     batch = vqa.answer(images, ["what color is it?", "how many?"], answers, k=3)
     single = [vqa.answer(img, q, answers, k=3) for img, q in zip(images, ["what color is it?", "how many?"])]
     for b, s in zip(batch, single):
-        assert b.text == s.text and [a for a, _ in b.candidates] == [a for a, _ in s.candidates]
-        assert len(b.candidates) == 3 and abs(sum(p for _, p in b.candidates) - 1) < 1e-5
+        assert b.text == s.text and [a.text for a in b.candidates] == [a.text for a in s.candidates]
+        assert len(b.candidates) == 3 and abs(sum(a.share for a in b.candidates) - 1) < 1e-5
         assert b.text in answers
     free = vqa.answer(images[0], "what is this?")
     assert isinstance(free.text, str) and free.candidates == []
@@ -202,9 +204,9 @@ def test_bad_inputs(pretrain: Model) -> None:
     image = _images(1)[0]
     with pytest.raises(TextError):
         pretrain.match(image, "?!")
-    with pytest.raises(InputError, match="no texts"):
+    with pytest.raises(InputError, match="texts is an empty list"):
         pretrain.match(image, [])
-    with pytest.raises(InputError, match="no images"):
+    with pytest.raises(InputError, match="images is an empty list"):
         pretrain.retrieve([], ["a"])
     with pytest.raises(InputError):
         pretrain.ground(np.zeros((4, 4), dtype=np.float64) + 2.0, "a")

@@ -19,7 +19,7 @@ import xvlm_edge
 from xvlm_edge.checkpoint import Checkpoint, convert_official
 from xvlm_edge.runtime import Runtime, create_runtime
 from xvlm_edge.tasks.caption import generate_captions, pad_ids
-from xvlm_edge.tasks.ground import ground_phrases
+from xvlm_edge.tasks.ground import ground_phrases, to_original_xywh
 from xvlm_edge.tasks.nlvr import nlvr_logits
 from xvlm_edge.tasks.retrieve import UNSCORED, retrieval_scores
 from xvlm_edge.tasks.vqa import question_states, rank_answers
@@ -69,7 +69,7 @@ def test_caption(ref: dict, beams: int | None, ids_key: str, text_key: str, scor
     )  # fmt: skip
     assert pad_ids(captions, expected[ids_key].shape[1], checkpoint.tokenizer.pad_id).tolist() == expected[ids_key].tolist()
     assert [c.text for c in captions] == expected[text_key]
-    _close(score_key, torch.tensor([c.score for c in captions]), expected[score_key])
+    _close(score_key, torch.tensor([c.logprob for c in captions]), expected[score_key])
 
 
 def test_vqa_rank_answer(ref: dict) -> None:
@@ -79,7 +79,7 @@ def test_vqa_rank_answer(ref: dict) -> None:
     atts = inp["vqa_questions_atts"]
     states = question_states(runtime, images, inp["vqa_questions_ids"], atts, torch.arange(len(images)))
     _close("question_states", states, expected["question_states"])
-    top_ids, top_probs = rank_answers(
+    top_ids, top_probs, _ = rank_answers(
         runtime, states, atts, inp["vqa_answers_ids"], inp["vqa_answers_atts"], checkpoint.config.tasks.vqa_k_test, checkpoint.tokenizer.pad_id
     )
     assert top_ids.tolist() == expected["topk_ids"].tolist()
@@ -117,9 +117,15 @@ def test_grounding_boxes(ref: dict) -> None:
     images = runtime.vision(ref["pixels"]).image_embeds  # each image once; phrases read them by index
     texts = [g["text"] for g in ref["meta"]["grounding"]]
     boxes = ground_phrases(runtime, images, inp["grounding_ids"], inp["grounding_atts"], index, sizes, texts)
-    _close("predict_bbox", torch.tensor([b.cxcywh for b in boxes]), expected["predict_bbox"])
-    xywh = torch.tensor([[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2 in (b.xyxy for b in boxes)], dtype=torch.float64)
+    _close("predict_bbox", torch.tensor([b.raw_cxcywh for b in boxes]), expected["predict_bbox"])
+    # The official boxes are not clipped to the image; ours are (Box.clipped), so compare the unclipped mapping.
+    raw = torch.tensor([b.raw_cxcywh for b in boxes], dtype=torch.float64)
+    xywh = torch.stack([to_original_xywh(box, *sizes[int(i)]) for box, i in zip(raw, index)])
     _close("pred_box_orig_xywh", xywh, expected["pred_box_orig_xywh"], ATOL_PIXELS)
+    for box, official in zip(boxes, expected["pred_box_orig_xywh"].tolist()):  # inside the image: exactly the official box
+        if not box.clipped:
+            x, y, w, h = official
+            assert max(abs(a - b) for a, b in zip(box.xyxy, [x, y, x + w, y + h])) <= ATOL_PIXELS
 
 
 def test_public_api_from_image_files(ref: dict) -> None:

@@ -1,7 +1,8 @@
 """Checkpoints: our directory format, and converters from the six official X-VLM layouts.
 
-Ours is a directory of `config.json` (the `ModelConfig` tree), `model.safetensors` and `vocab.txt`:
-no pickle, nothing executed on load. Official `.th` files are `{"model": state_dict, "config": yaml}`
+Ours is a directory of `config.json` (the `ModelConfig` tree), `model.safetensors`, `vocab.txt` and, for a
+VQA model, optionally `answer_list.json` (the candidates `Model.answer` ranks by default): no pickle,
+nothing executed on load. Official `.th` files are `{"model": state_dict, "config": yaml}`
 pickles; they are read with `torch.load(weights_only=True)`, so a pickle carrying code is refused.
 
 Conversion is a pure function per direction: `official_to_ours` renames by the table below, drops the
@@ -35,6 +36,7 @@ from xvlm_edge.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.txt"
+ANSWER_LIST_FILE = "answer_list.json"  # optional: a JSON list of answer strings (the official VQA answer_list.json)
 
 #: Official key prefix -> ours, per layout. Everything not listed keeps its name.
 RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -124,6 +126,20 @@ def infer_config(
     yaml names (resolved under `config_root`), or default to the base models' values (64-wide heads).
     """
     yaml = dict(yaml or {})
+    try:
+        return _infer_config(state, layout, yaml, config_root)
+    except (CheckpointError, KeyError, ValueError, TypeError) as exc:
+        unresolved = [ref for ref in (yaml.get("vision_config"), yaml.get("text_config")) if ref and _resolve_ref(ref, config_root) is None]
+        if unresolved:
+            raise CheckpointError(
+                f"the inferred {layout} config is invalid: {exc}; the yaml's {', '.join(unresolved)} were not found under "
+                f"{config_root} or the working directory, so head counts were guessed (width // 64)",
+                hint="pass config_root, the directory the yaml's configs/ paths resolve from (xvlm-edge convert --config-root DIR)",
+            ) from exc
+        raise CheckpointError(f"the inferred {layout} config is invalid: {exc}", hint="the checkpoint or its yaml is inconsistent") from exc
+
+
+def _infer_config(state: Mapping[str, torch.Tensor], layout: str, yaml: dict, config_root: Path | None) -> ModelConfig:
     vision_json = _read_json_ref(yaml.get("vision_config"), config_root)
     text_json = _read_json_ref(yaml.get("text_config"), config_root)
     if "vision_encoder.patch_embed.proj.weight" in state:
@@ -190,6 +206,8 @@ def _infer_clip(state: Mapping[str, torch.Tensor], vision_json: Mapping) -> Clip
 
 def _infer_text(state: Mapping[str, torch.Tensor], prefix: str, layout: str, text_json: Mapping) -> TextConfig:
     words = state[prefix + "embeddings.word_embeddings.weight"]
+    if "num_attention_heads" not in text_json:
+        log.warning("text json not found; assuming 64-wide heads (%d heads for width %d)", words.shape[1] // 64, words.shape[1])
     layers = _count_layers(state, prefix + "encoder.layer.")
     fusion = min(
         (int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"encoder\.layer\.(\d+)\.crossattention\.", k))),
@@ -220,7 +238,15 @@ def _count_layers(state: Mapping[str, torch.Tensor], prefix: str) -> int:
 def _read_json_ref(ref: str | None, root: Path | None) -> dict:
     """The official yamls name jsons relative to the training working directory; look where it may be."""
     path = _resolve_ref(ref, root)
-    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}, which the checkpoint's yaml names: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}, which the checkpoint's yaml names, is not a JSON object")
+    return data
 
 
 def _resolve_ref(ref: str | None, root: Path | None) -> Path | None:
@@ -405,12 +431,38 @@ def interpolate_position_embedding(pos: torch.Tensor, grid: int, prefix_rows: in
 @dataclass
 class Checkpoint:
     """A loaded model with the tokenizer its ids belong to (model None: config and vocabulary only, for a
-    backend that runs exported graphs and never needs the PyTorch module)."""
+    backend that runs exported graphs and never needs the PyTorch module). `answer_list`: the VQA answer
+    candidates that `Model.answer` ranks when the caller gives none (None: it generates)."""
 
     model: XVLM | None
     tokenizer: Tokenizer
     config: ModelConfig
     report: ConversionReport | None = None
+    answer_list: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.answer_list is not None:
+            self.answer_list = check_answer_list(self.answer_list, "answer_list")
+
+
+def check_answer_list(answers: object, source: str) -> list[str]:
+    """A VQA answer list is a non-empty JSON list of strings; anything else is refused, naming `source`."""
+    if not isinstance(answers, (list, tuple)) or not answers:
+        raise CheckpointError(f"{source} must be a non-empty list of answer strings, got {type(answers).__name__} {answers!r:.60}")
+    bad = next((i for i, a in enumerate(answers) if not isinstance(a, str)), None)
+    if bad is not None:
+        raise CheckpointError(f"{source}[{bad}] is {answers[bad]!r}, not a string; an answer list holds answer strings")
+    return list(answers)
+
+
+def read_answer_list(path: str | Path) -> list[str]:
+    """Read and check an answer list file (the official VQA `answer_list.json`: a JSON list of strings)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read answer list {path}: {exc}", hint="an answer list is a JSON list of strings") from exc
+    return check_answer_list(data, str(path))
 
 
 def convert_official(
@@ -419,6 +471,7 @@ def convert_official(
     target: ModelConfig | None = None,
     vocab: str | Path | None = None,
     config_root: str | Path | None = None,
+    answer_list: str | Path | None = None,
 ) -> Checkpoint:
     """Load an official X-VLM checkpoint of any layout into our model.
 
@@ -426,8 +479,15 @@ def convert_official(
     starting a fine-tuning run does; keys it needs that the checkpoint lacks are reported as `missing`
     and keep their initial values. `config_root` is where the yaml's relative json/vocab paths resolve
     (default: the checkpoint's grandparent, the official repo layout, then the working directory).
+    `answer_list` is a VQA answer list file (the official `answer_list.json`); `save` writes it beside the
+    weights, and `Model.answer` then ranks over it by default.
+
+    The inferred config is checked like any other (positive sizes, heads dividing widths, the vocabulary's
+    size equal to the embedding's): a checkpoint whose yaml jsons cannot be found is refused with that
+    reason, not converted with guessed head counts that do not fit.
     """
     path = Path(path)
+    answers = read_answer_list(answer_list) if answer_list is not None else None
     state, yaml = read_official(path)
     layout = detect_layout(state)
     root = Path(config_root) if config_root is not None else path.resolve().parent.parent
@@ -458,7 +518,9 @@ def convert_official(
             f"vocabulary has {len(tokenizer)} tokens but the checkpoint's embeddings have {config.text.vocab_size}",
             hint="pass the vocab.txt the checkpoint was trained with (--vocab)",
         )
-    return Checkpoint(model, tokenizer, config, report)
+    if answers is not None and "vqa" not in config.heads:
+        raise CheckpointError(f"an answer list was given, but {path} is a {layout} checkpoint without the vqa head")
+    return Checkpoint(model, tokenizer, config, report, answers)
 
 
 def _check_shared(model: XVLM, state: Mapping[str, torch.Tensor]) -> None:
@@ -477,21 +539,25 @@ def _official_vocab(yaml: Mapping, root: Path) -> Path | None:
 
 
 def save(checkpoint: Checkpoint, directory: str | Path) -> Path:
-    """Write our format atomically (`atomic_directory`)."""
+    """Write our format atomically (`atomic_directory`), with `answer_list.json` when the checkpoint has one."""
     from safetensors.torch import save_model
 
+    if checkpoint.model is None:
+        raise CheckpointError("cannot save a checkpoint loaded without its weights (weights=False)")
     with atomic_directory(directory) as tmp:
         checkpoint.config.save(tmp / CONFIG_FILE)
         save_model(checkpoint.model, str(tmp / WEIGHTS_FILE))
         checkpoint.tokenizer.save(tmp / VOCAB_FILE)
+        if checkpoint.answer_list is not None:
+            (tmp / ANSWER_LIST_FILE).write_text(json.dumps(checkpoint.answer_list, ensure_ascii=False) + "\n", encoding="utf-8")
     return Path(directory)
 
 
 def load_directory(directory: str | Path, *, weights: bool = True) -> Checkpoint:
     """Load our format, strictly: every tensor the config implies must be there, with its shape.
 
-    `weights=False` reads only the config and vocabulary (an exported backend's needs: no PyTorch module,
-    none of its memory)."""
+    `weights=False` reads only the config, vocabulary and answer list (an exported backend's needs: no
+    PyTorch module, none of its memory). `answer_list.json`, when present, must be a non-empty list of strings."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
@@ -500,8 +566,12 @@ def load_directory(directory: str | Path, *, weights: bool = True) -> Checkpoint
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory} is not an xvlm_edge checkpoint: {name} is missing")
     config = ModelConfig.load(directory / CONFIG_FILE)
+    answers = read_answer_list(directory / ANSWER_LIST_FILE) if (directory / ANSWER_LIST_FILE).exists() else None
+    tokenizer = Tokenizer.from_file(directory / VOCAB_FILE)
+    if len(tokenizer) != config.text.vocab_size:
+        raise CheckpointError(f"{directory / VOCAB_FILE} has {len(tokenizer)} tokens but config.json's text.vocab_size is {config.text.vocab_size}")
     if not weights:
-        return Checkpoint(None, Tokenizer.from_file(directory / VOCAB_FILE), config)
+        return Checkpoint(None, tokenizer, config, answer_list=answers)
     model = XVLM(config)
     try:
         missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False)
@@ -509,7 +579,7 @@ def load_directory(directory: str | Path, *, weights: bool = True) -> Checkpoint
         raise CheckpointError(f"{directory / WEIGHTS_FILE} is corrupt or does not match config.json: {exc}") from exc
     if missing or unexpected:
         raise CheckpointError(f"{directory}: weights do not match config.json (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
-    return Checkpoint(model.eval(), Tokenizer.from_file(directory / VOCAB_FILE), config)
+    return Checkpoint(model.eval(), tokenizer, config, answer_list=answers)
 
 
 def load(path: str | Path) -> Checkpoint:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -13,12 +14,28 @@ from xvlm_edge.tokenizer import Tokenizer
 
 @dataclass
 class Caption:
-    """text: the caption without the prompt; token_ids: prompt + generated ids (eos included when it fits);
-    score: beam search's sum logprob / length, or greedy's mean token log-probability."""
+    """One caption.
+
+    text: the caption without the prompt. token_ids: prompt + generated ids (eos included when it fits).
+    probability: in (0, 1], `exp(logprob)`, the model's per-token confidence in this caption.
+    logprob: the decoder's own score, <= 0. Greedy (`num_beams=1`): the mean log-probability of the
+    generated tokens (eos included). Beam search: Hugging Face's length-normalised beam score, the sum of
+    the generated tokens' log-probabilities (eos included) divided by the sequence length (prompt counted,
+    eos not); it ranks the beams, and is the official `sequences_scores`.
+    truncated: decoding reached `max_length` before generating eos, so the caption may be cut off (greedy
+    then writes eos in the last position, as the official decoder does).
+    """
 
     text: str
     token_ids: list[int]
-    score: float
+    probability: float
+    logprob: float
+    truncated: bool
+
+    @property
+    def score(self) -> float:
+        """The same number as `probability` (every result's `score` is a probability in [0, 1])."""
+        return self.probability
 
 
 def generate_captions(
@@ -45,14 +62,17 @@ def generate_captions(
         decoder = UncachedDecoder(runtime, "caption", image_embeds, atts)
     eos, pad = tokenizer.sep_id, tokenizer.pad_id
     if num_beams == 1:
-        ids, scores = greedy(decoder, prompt_ids, max_length, eos, pad)
-        sequences = [(row[: _length(row, pad, len(prompt_ids[0]))], float(s)) for row, s in zip(ids, scores)]
+        ids, scores, truncated = greedy(decoder, prompt_ids, max_length, eos, pad)
+        sequences = [(row[: _length(row, pad, len(prompt_ids[0]))], float(s), bool(t)) for row, s, t in zip(ids, scores, truncated)]
     else:
         found = beam_search(
             decoder, prompt_ids, num_beams=num_beams, max_length=max_length, min_length=min_length, eos_id=eos, pad_id=pad
         )
-        sequences = [(g.ids, g.score) for g in found]
-    return [Caption(tokenizer.decode(ids)[len(prompt) :], ids.tolist(), score) for ids, score in sequences]
+        sequences = [(g.ids, g.score, g.truncated) for g in found]
+    return [
+        Caption(tokenizer.decode(ids)[len(prompt) :], ids.tolist(), math.exp(logprob), logprob, truncated)
+        for ids, logprob, truncated in sequences
+    ]
 
 
 def _length(row: torch.Tensor, pad_id: int, prompt_length: int) -> int:

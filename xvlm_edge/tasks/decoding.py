@@ -68,20 +68,23 @@ class UncachedDecoder:
 
 @dataclass
 class Generated:
-    """One decoded sequence: ids (prompt included, eos appended when it fits) and its score."""
+    """One decoded sequence: ids (prompt included, eos appended when it fits), its score, and whether it
+    stopped at `max_length` without generating eos (`truncated`)."""
 
     ids: torch.Tensor
     score: float
+    truncated: bool = False
 
 
 def greedy(
     decoder: StepDecoder, prompt: torch.Tensor, max_length: int, eos_id: int, pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """OSCAR greedy decoding of B rows from prompt (B, P); row b reads state b.
 
-    Returns ids (B, max_length), padded with `pad_id`, and the mean log-probability (B,) of the tokens
+    Returns ids (B, max_length), padded with `pad_id`, the mean log-probability (B,) of the tokens
     generated while each row was unfinished (eos included; a forced final eos counts the argmax it replaced),
-    both on the CPU.
+    and whether each row reached `max_length` without generating eos (B,) bool (its last id is then the
+    forced eos), all on the CPU.
     """
     rows = len(prompt)
     logits = decoder.start(prompt, torch.arange(rows))
@@ -100,13 +103,14 @@ def greedy(
         if unfinished.max() == 0 or cur_len == max_length:
             break
         logits = decoder.feed(tokens[:, None])
+    truncated = unfinished.bool() if cur_len == max_length else torch.zeros_like(unfinished, dtype=torch.bool)
     if cur_len == max_length:
-        ids[:, -1] = torch.where(unfinished.bool(), torch.full_like(ids[:, -1], eos_id), ids[:, -1])
+        ids[:, -1] = torch.where(truncated, torch.full_like(ids[:, -1], eos_id), ids[:, -1])
     mask = torch.stack(alive, 1).float()  # (B, steps)
     mean_logprob = (torch.stack(logprobs, 1) * mask).sum(1) / mask.sum(1)
     if ids.shape[1] < max_length:
         ids = torch.cat([ids, ids.new_full((rows, max_length - ids.shape[1]), pad_id)], dim=1)
-    return ids.cpu(), mean_logprob.cpu()
+    return ids.cpu(), mean_logprob.cpu(), truncated.cpu()
 
 
 class _Hypotheses:
@@ -207,7 +211,10 @@ def beam_search(
                 hyps[b].add(ids[b * n + beam], final_scores[b * n + beam])
         score, best_ids = sorted(hyps[b].beams, key=lambda item: item[0])[-1]
         best_ids = best_ids.cpu()
-        if len(best_ids) < max_length:
+        # A hypothesis closed by eos is stored without it and is at most max_length - 1 long; one that ran to
+        # max_length was added at the end, open, and never generated eos.
+        truncated = len(best_ids) >= max_length
+        if not truncated:
             best_ids = torch.cat([best_ids, best_ids.new_tensor([eos_id])])
-        results.append(Generated(best_ids, score))
+        results.append(Generated(best_ids, score, truncated))
     return results
