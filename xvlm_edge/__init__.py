@@ -23,11 +23,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 def load(path=None, backend="auto", precision="fp32", device=None, threads=None):
     """Load a model: our checkpoint directory or an official X-VLM `.th` file (any of the six layouts).
 
-    Returns an `xvlm_edge.api.Model` with caption / ground / match / check / retrieve / answer / nlvr.
-    `backend` is "auto", "torch" or "onnxruntime" (a directory exported by `xvlm-edge export`); `precision`
-    "fp32", "fp16"/"bf16" on CUDA, or "int8" on onnxruntime; `device` None picks CUDA when present;
-    `threads` sets the CPU threads. `model.info` reports what was chosen. With no path, the embedded
-    default model in `xvlm_edge/assets/default/` loads (no download).
+    Returns an `xvlm_edge.api.Model` with caption / ground / match / check / retrieve / answer / nlvr; every
+    score it returns is a probability in [0, 1] (raw logits and log-probabilities sit beside them).
+    `backend` is "auto" (torch), "torch", "onnxruntime" (an export made by `xvlm-edge export`) or "tensorrt"
+    (engines built by `xvlm-edge engines`); `precision` "fp32", "fp16"/"bf16" on CUDA, or "int8" from an
+    INT8 export; `device` None picks CUDA when present; `threads` sets the CPU threads (None: what the
+    machine has free, see `xvlm_edge.api.load`). `model.info` reports what was chosen and why. With no path,
+    the embedded default model in `xvlm_edge/assets/default/` loads (no download).
     """
     from xvlm_edge.api import load as load_model
 

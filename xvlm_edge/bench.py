@@ -213,7 +213,7 @@ def run(config: BenchConfig) -> dict:
     results = []
     with tempfile.TemporaryDirectory() as work:
         dirs, source, exports = _prepare(config, Path(work))
-        first = xvlm_edge.load(source, backend="torch")
+        first = xvlm_edge.load(source, backend="torch", threads=threads)
         res = first.config.vision.image_res
         flops = _vision_flops(first.model, res)
         weights_bytes = (source / "model.safetensors").stat().st_size
@@ -222,7 +222,7 @@ def run(config: BenchConfig) -> dict:
             with warnings.catch_warnings():  # a forced benchmark export says so in the JSON
                 warnings.simplefilter("ignore", ForcedExportWarning)
                 where = source if backend == "torch" else dirs[precision]
-                model = xvlm_edge.load(where, backend=backend, precision=precision, threads=config.threads)
+                model = xvlm_edge.load(where, backend=backend, precision=precision, threads=threads)  # what the JSON reports
             size = weights_bytes if backend == "torch" else exports[precision]["bytes"]
             for batch in config.batch:
                 arrays = synthetic_images(batch, size=res + 32, seed=batch)
