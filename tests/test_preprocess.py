@@ -246,12 +246,37 @@ def test_file_errors(tmp_path: Path) -> None:
         P.load_image(empty)
     text = tmp_path / "text.png"
     text.write_text("this is not an image\n")
-    with pytest.raises(ImageError, match="cannot decode"):
+    with pytest.raises(ImageError, match=r"cannot decode image data: not a supported image format \(supported: JPEG, PNG"):
         P.load_image(text)
     with pytest.raises(ImageError, match="empty"):
         P.load_image(b"")
     with pytest.raises(ImageError, match="unsupported image source type int"):
         P.load_image(5)
+
+
+def test_every_image_suffix_loads(tmp_path: Path) -> None:
+    """IMAGE_SUFFIXES (the folder scans' list) names only formats load_image decodes: each suffix OpenCV can
+    write round-trips through a file of that name (.j2k/.j2c, which it cannot write, in test_image_limits)."""
+    rgb = random_image(32, 40)
+    written = 0
+    for suffix in P.IMAGE_SUFFIXES:
+        gray = suffix in (".pbm", ".pgm")
+        image = rgb[:, :, 0] if gray else rgb[:, :, ::-1]  # OpenCV writes BGR
+        if suffix in (".pfm", ".hdr", ".pic"):
+            image = image.astype(np.float32) / 255
+        path = tmp_path / f"image{suffix}"
+        try:
+            ok = cv2.imwrite(str(path), image)
+        except cv2.error:
+            ok = False
+        if not ok:
+            assert suffix in (".j2k", ".j2c"), suffix
+            continue
+        out = P.load_image(path)
+        assert out.shape == (32, 40, 3), suffix
+        written += 1
+    assert written == len(P.IMAGE_SUFFIXES) - 2
+    assert ".gif" in P.IMAGE_SUFFIXES
 
 
 def test_truncated_files_are_refused() -> None:
