@@ -252,7 +252,7 @@ def test_refused_export_is_not_written(tmp_path: Path, monkeypatch) -> None:
 
 def test_cli_export(caption_dir: Path, tmp_path: Path, capsys) -> None:
     assert main(["export", str(tmp_path / "missing")]) == 2
-    assert main(["export", str(caption_dir), "--precision", "fp16"]) == 1  # fp16 is built by TensorRT from fp32
+    assert main(["export", str(caption_dir), "--precision", "fp16"]) == 2  # a user mistake: fp16 is TensorRT's
     assert "TensorRT" in capsys.readouterr().err
     with pytest.raises(BackendUnavailableError):
         export_model(caption_dir, "fp16", "onnxruntime")

@@ -116,7 +116,7 @@ def test_onnxruntime_target_refuses_fp16_and_says_why(caption_dir: Path, capsys)
     assert "fp16" in PRECISIONS["tensorrt"] and "fp16" not in PRECISIONS["onnxruntime"]
     with pytest.raises(BackendUnavailableError, match="fp16 ONNX is for TensorRT"):
         export_model(caption_dir, "fp16", "onnxruntime")
-    assert main(["export", str(caption_dir), "--precision", "fp16"]) == 1
+    assert main(["export", str(caption_dir), "--precision", "fp16"]) == 2  # the precision the user typed
     assert "--target tensorrt" in capsys.readouterr().err
 
 

@@ -172,7 +172,8 @@ def _text_target(tally: Tally):
 
 def decode_texts(payload: bytes, *, utf32: bool) -> list[str]:
     """Up to three texts split at 0xFF (never in UTF-8): UTF-8 with U+FFFD for bad bytes, or with ``utf32``
-    3-byte code points anywhere in U+0000..U+10FFFF (surrogates mapped to U+FFFD; see the xfail test below)."""
+    3-byte code points anywhere in U+0000..U+10FFFF (surrogates mapped to U+FFFD: the tokenizer refuses
+    them, `test_tokenizer_refuses_lone_surrogates_with_text_error`)."""
     parts = payload.split(b"\xff", 2)
     if not utf32:
         return [part.decode("utf-8", "replace") for part in parts]
@@ -193,16 +194,11 @@ def _manifest_target(tally: Tally, workdir: Path):
     def one_input(data: bytes) -> None:
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
-        # UnicodeDecodeError is the known finding pinned by the two xfail tests below (the core puts raw
-        # input bytes into error messages and into parsed strings); tolerated here, and only here, so the
-        # fuzzer keeps looking for everything else. Drop it from these excepts once those tests pass.
         try:
             manifest = _C.EngineManifest.load(str(path))
             text = manifest.to_json()
         except EngineError:
             tally("refused")
-        except UnicodeDecodeError:
-            tally("known finding: UnicodeDecodeError")
         else:
             assert _C.EngineManifest.parse(text).to_json() == text
             tally("loaded")
@@ -210,7 +206,7 @@ def _manifest_target(tally: Tally, workdir: Path):
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             return
-        with contextlib.suppress(EngineError, UnicodeDecodeError):
+        with contextlib.suppress(EngineError):
             _C.EngineManifest.parse(text)
 
     return one_input
@@ -333,15 +329,9 @@ def test_fuzz(target: str, budget: Budget, tmp_path: Path, record_testsuite_prop
     assert run.executions >= min(budget.runs, 1000), run.output[-2000:]  # it really ran, not just started
 
 
-# ---------------------------------------------------------------- findings the fuzzer led to
+# ---------------------------------------------------------------- findings the fuzzer led to (fixed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="csrc/core/engine_spec.cpp puts raw input bytes into EngineError messages ('unexpected character' "
-    "takes one byte of a UTF-8 character), so pybind11 cannot make a str of what() and raises UnicodeDecodeError",
-)
 @pytest.mark.parametrize("text", ['{"graph": é}', '{"graph": "\\é"}'])
 def test_manifest_error_for_non_ascii_text_is_an_engine_error(text: str) -> None:
     from xvlm_edge import _C
@@ -351,12 +341,6 @@ def test_manifest_error_for_non_ascii_text_is_an_engine_error(text: str) -> None
         _C.EngineManifest.parse(text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="csrc/core/engine_spec.cpp accepts string values that are not UTF-8: the manifest loads, then its "
-    "engine attribute and to_json() raise UnicodeDecodeError (it should refuse the file with EngineError)",
-)
 def test_manifest_with_non_utf8_string_is_refused(tmp_path: Path) -> None:
     from xvlm_edge import _C
     from xvlm_edge.errors import EngineError
@@ -367,12 +351,6 @@ def test_manifest_with_non_utf8_string_is_refused(tmp_path: Path) -> None:
         _C.EngineManifest.load(str(path)).to_json()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="xvlm_edge/tokenizer.py passes a lone surrogate (e.g. a surrogateescape'd command-line byte) to the "
-    "Rust tokenizer, which raises TypeError('TextInputSequence must be str') instead of a TextError",
-)
 def test_tokenizer_refuses_lone_surrogates_with_text_error() -> None:
     from xvlm_edge.errors import InputError
     from xvlm_edge.tokenizer import Tokenizer

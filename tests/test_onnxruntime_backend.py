@@ -223,4 +223,4 @@ def test_cli_caption_on_onnxruntime(model_dir, tmp_path, capsys) -> None:
         assert main([*args, "--backend", "onnxruntime", "--precision", "int8"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["backend"]["backend"] == "onnxruntime" and document["backend"]["precision"] == "int8"
-    assert main([*args, "--backend", "onnxruntime", "--precision", "fp16"]) == 1  # ORT runs fp32 and int8
+    assert main([*args, "--backend", "onnxruntime", "--precision", "fp16"]) == 2  # ORT runs fp32 and int8: a user mistake

@@ -205,6 +205,11 @@ class Tokenizer:
             if not isinstance(text, str):
                 msg = f"texts must be str, got {type(text).__name__}"
                 raise TextError(msg)
+            try:
+                text.encode("utf-8")  # a lone surrogate (an undecodable byte escaped by Python) is no text
+            except UnicodeEncodeError as exc:
+                msg = f"text {text[:40]!r} is not valid Unicode ({exc.reason} at character {exc.start})"
+                raise TextError(msg, hint="decode the text as UTF-8 first") from None
             piece_ids = self._rust.encode(text, add_special_tokens=False).ids
             if not piece_ids:
                 msg = f"text {text!r} is empty or has no tokens after normalisation"

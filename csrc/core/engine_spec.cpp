@@ -30,6 +30,36 @@ constexpr std::array<std::pair<DataType, std::string_view>, 8> kDtypeNames{{
 
 std::string quoted(std::string_view s) { return "'" + std::string(s) + "'"; }
 
+// One input byte for an error message: printable ASCII as itself, anything else as its hex value, so a
+// message never carries a fragment of a multi-byte character (Python could not decode what() then).
+std::string describe_byte(char c) {
+  const auto u = static_cast<unsigned char>(c);
+  if (u >= 0x20 && u < 0x7F) return std::string("'") + c + "'";
+  static const char* kHex = "0123456789abcdef";
+  return std::string("byte 0x") + kHex[u >> 4] + kHex[u & 0xF];
+}
+
+// Length of the well-formed UTF-8 sequence starting at s[pos] (RFC 3629: no overlongs, no surrogates, at
+// most U+10FFFF), or 0 when there is none.
+std::size_t utf8_length(std::string_view s, std::size_t pos) {
+  const auto at = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+  const unsigned char b0 = at(pos);
+  std::size_t n = 0;
+  unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+  if (b0 >= 0xC2 && b0 <= 0xDF) n = 2;
+  else if (b0 == 0xE0) n = 3, lo = 0xA0;
+  else if (b0 == 0xED) n = 3, hi = 0x9F;
+  else if (b0 >= 0xE1 && b0 <= 0xEF) n = 3;
+  else if (b0 == 0xF0) n = 4, lo = 0x90;
+  else if (b0 == 0xF4) n = 4, hi = 0x8F;
+  else if (b0 >= 0xF1 && b0 <= 0xF3) n = 4;
+  else return 0;
+  if (pos + n > s.size() || at(pos + 1) < lo || at(pos + 1) > hi) return 0;
+  for (std::size_t k = 2; k < n; ++k)
+    if (at(pos + k) < 0x80 || at(pos + k) > 0xBF) return 0;
+  return n;
+}
+
 }  // namespace
 
 // ---- dtypes and dims ----------------------------------------------------------------------------------
@@ -431,7 +461,7 @@ class JsonParser {
       v.integer = integer_literal();
       return v;
     }
-    fail(std::string("unexpected character '") + c + "'");
+    fail("unexpected " + describe_byte(c));
   }
 
   std::int64_t integer_literal() {
@@ -463,6 +493,13 @@ class JsonParser {
       const char c = s_[pos_++];
       if (c == '"') return out;
       if (static_cast<unsigned char>(c) < 0x20) fail("control character in a string");
+      if (static_cast<unsigned char>(c) >= 0x80) {  // a manifest's strings are UTF-8, checked here once
+        const std::size_t n = utf8_length(s_, pos_ - 1);
+        if (n == 0) fail("invalid UTF-8 in a string (" + describe_byte(c) + ")");
+        out.append(s_.substr(pos_ - 1, n));
+        pos_ += n - 1;
+        continue;
+      }
       if (c != '\\') {
         out += c;
         continue;
@@ -502,7 +539,7 @@ class JsonParser {
           }
           break;
         }
-        default: fail(std::string("bad escape '\\") + e + "'");
+        default: fail("bad escape: backslash then " + describe_byte(e));
       }
     }
   }

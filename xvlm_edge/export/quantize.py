@@ -82,13 +82,12 @@ def synthetic_images(count: int, size: int = 224, seed: int = 0) -> list[np.ndar
 
 def folder_images(folder: str | Path, limit: int) -> list[np.ndarray]:
     """Up to `limit` images of a folder (sorted), decoded as the tasks decode them."""
-    from xvlm_edge.preprocess import load_image
+    from xvlm_edge.preprocess import IMAGE_SUFFIXES, load_image
 
     root = Path(folder)
-    suffixes = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-    paths = sorted(p for p in root.iterdir() if p.suffix.lower() in suffixes) if root.is_dir() else []
+    paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
     if not paths:
-        raise InputError(f"calibration folder {root} holds no images ({', '.join(suffixes)})", hint="give a folder of photos")
+        raise InputError(f"calibration folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})", hint="give a folder of photos")
     return [load_image(str(p)) for p in paths[:limit]]
 
 
