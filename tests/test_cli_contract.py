@@ -474,7 +474,12 @@ def test_killing_a_run_keeps_every_finished_line_and_no_partial_output(files, tw
     first = _read_lines(process, 9)  # past the first chunk of 8
     assert process.poll() is None, "the run finished before it could be killed; make it longer"
     process.kill()
-    rest, _ = process.communicate(timeout=60)
+    # The rest through the same reader: communicate() would read the raw pipe and skip the lines this
+    # text wrapper already buffered.
+    rest = process.stdout.read()
+    process.wait(timeout=60)
+    process.stdout.close()
+    process.stderr.close()
     lines = first + rest.splitlines(keepends=True)
     records = [json.loads(line) for line in lines]  # every line whole: each was written and flushed at once
     assert 9 <= len(records) < 200 and [r["index"] for r in records] == list(range(len(records)))
