@@ -30,14 +30,22 @@ from xvlm_edge.cli._output import Output
 from xvlm_edge.errors import ImageError, InputError
 
 
-def _example_images() -> list[str]:
-    """The example scenes shipped beside the embedded default model (xvlm_edge/assets/examples)."""
+def _examples_folder() -> Path:
+    """Where the example scenes shipped beside the embedded default model live (xvlm_edge/assets/examples)."""
     from importlib.resources import files
 
+    return Path(str(files("xvlm_edge") / "assets" / "examples"))
+
+
+def _example_images() -> list[str]:
     from xvlm_edge.preprocess import IMAGE_SUFFIXES
 
-    folder = Path(str(files("xvlm_edge") / "assets" / "examples"))
-    return [str(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    return [str(p) for p in sorted(_examples_folder().iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def _shown(path: Path) -> str:
+    """A path as a person reads it: a shipped example by its name, not its site-packages path."""
+    return f"examples/{path.name}" if path.parent == _examples_folder() else str(path)
 
 
 def _images_and_texts(args: argparse.Namespace, texts_flag: str, what: str) -> tuple[list[Input], list[str]]:
@@ -78,7 +86,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
             return [
                 (
                     {"caption": c.text, "probability": c.probability, "logprob": c.logprob, "truncated": c.truncated, "token_ids": c.token_ids},
-                    f"{item.path}: {c.text}" + (" [truncated: hit --max-length]" if c.truncated else ""),
+                    f"{_shown(item.path)}: {c.text}" + (" [truncated: hit --max-length]" if c.truncated else ""),
                 )
                 for item, c in zip(items, captions)
             ]
