@@ -19,6 +19,7 @@
 #include "xvlm_edge/engine.hpp"
 #include "xvlm_edge/errors.hpp"
 #include "xvlm_edge/preprocess.hpp"
+#include "xvlm_edge/tokenizer.hpp"
 
 #ifndef XVLM_EDGE_HAS_TENSORRT
 #define XVLM_EDGE_HAS_TENSORRT 0  // CMake defines it to 1 when it found TensorRT
@@ -232,11 +233,128 @@ void bind_engines(py::module_& m) {
 #endif
 }
 
+// ---- tokenizer ----------------------------------------------------------------------------------------
+
+// The UTF-8 bytes of a str or bytes argument. A str is encoded with "surrogatepass", so a lone surrogate
+// (an undecodable byte escaped by Python) reaches the core as ill-formed UTF-8 and is refused there with
+// TextError, like any other invalid input.
+std::string utf8_arg(const py::handle& obj, const char* name) {
+  if (py::isinstance<py::bytes>(obj)) return obj.cast<std::string>();
+  if (!py::isinstance<py::str>(obj)) {
+    throw py::type_error(std::string(name) + " must be str or bytes, got " +
+                         std::string(py::str(obj.get_type().attr("__name__"))));
+  }
+  auto encoded = py::reinterpret_steal<py::object>(PyUnicode_AsEncodedString(obj.ptr(), "utf-8", "surrogatepass"));
+  if (!encoded) throw py::error_already_set();
+  return encoded.cast<std::string>();
+}
+
+using Ids = std::vector<std::int64_t>;
+
+void bind_tokenizer(py::module_& m) {
+  using xvlm_edge::Tokenizer;
+  py::class_<Tokenizer>(m, "Tokenizer",
+                        "WordPiece with the official X-VLM conventions, id-for-id equal to\n"
+                        "xvlm_edge.tokenizer.Tokenizer (the C++ core the lamp SDK links). Texts are str or UTF-8\n"
+                        "bytes; invalid UTF-8 raises TextError.")
+      .def(py::init<std::vector<std::string>, const std::string&>(), py::arg("vocab"),
+           py::arg("source") = "<memory>",
+           "Build from the tokens in id order; CheckpointError if empty, duplicated or lacking a special token.")
+      .def_static("from_file", &Tokenizer::from_file, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
+                  "Load a vocab.txt (one token a line, id = line index); CheckpointError if unusable.")
+      .def_static("from_vocab_text",
+                  [](const py::object& text, const std::string& source) {
+                    const std::string bytes = utf8_arg(text, "text");
+                    py::gil_scoped_release release;
+                    return Tokenizer::from_vocab_text(bytes, source);
+                  },
+                  py::arg("text"), py::arg("source") = "<memory>",
+                  "Build from the text of a vocab.txt (str or bytes), as from_file reads it.")
+      .def("__len__", &Tokenizer::size, "Number of tokens in the vocabulary.")
+      .def_property_readonly("pad_id", &Tokenizer::pad_id, "Id of [PAD], looked up in the vocabulary.")
+      .def_property_readonly("unk_id", &Tokenizer::unk_id, "Id of [UNK], looked up in the vocabulary.")
+      .def_property_readonly("cls_id", &Tokenizer::cls_id, "Id of [CLS], looked up in the vocabulary.")
+      .def_property_readonly("sep_id", &Tokenizer::sep_id, "Id of [SEP], looked up in the vocabulary.")
+      .def_property_readonly("mask_id", &Tokenizer::mask_id, "Id of [MASK], looked up in the vocabulary.")
+      .def("token_to_id", &Tokenizer::token_to_id, py::arg("token"),
+           "The id of a token, or None if it is not in the vocabulary.")
+      .def("tokenize",
+           [](const Tokenizer& t, const py::object& text) {
+             const std::string bytes = utf8_arg(text, "text");
+             py::gil_scoped_release release;
+             return t.tokenize(bytes);
+           },
+           py::arg("text"), "Word pieces of one text, without [CLS] / [SEP]. Releases the GIL.")
+      .def("piece_ids",
+           [](const Tokenizer& t, const py::object& text) {
+             const std::string bytes = utf8_arg(text, "text");
+             py::gil_scoped_release release;
+             return t.piece_ids(bytes);
+           },
+           py::arg("text"),
+           "Ids of tokenize(text); empty if nothing is left after normalisation. Releases the GIL.")
+      .def("encode",
+           [](const Tokenizer& t, const py::object& text, std::optional<int> max_length, bool add_sep) {
+             const std::string bytes = utf8_arg(text, "text");
+             py::gil_scoped_release release;
+             return t.encode(bytes, max_length, add_sep);
+           },
+           py::arg("text"), py::arg("max_length") = py::none(), py::arg("add_sep") = false,
+           "[CLS] pieces ([SEP] with add_sep), pieces cut so that the specials fit max_length. Releases the GIL.")
+      .def("encode_batch",
+           [](const Tokenizer& t, const std::vector<py::object>& texts, std::optional<int> max_length, bool add_sep) {
+             std::vector<std::string> bytes;
+             bytes.reserve(texts.size());
+             for (const py::object& text : texts) bytes.push_back(utf8_arg(text, "texts[i]"));
+             py::gil_scoped_release release;
+             std::vector<Ids> out;
+             out.reserve(bytes.size());
+             for (const std::string& b : bytes) out.push_back(t.encode(b, max_length, add_sep));
+             return out;
+           },
+           py::arg("texts"), py::arg("max_length") = py::none(), py::arg("add_sep") = false,
+           "encode() of each text, unpadded, in one call. Releases the GIL.")
+      .def("caption_prompt_ids",
+           [](const Tokenizer& t, const py::object& prompt) {
+             return t.caption_prompt_ids(utf8_arg(prompt, "prompt"));
+           },
+           py::arg("prompt") = std::string(xvlm_edge::kCaptionPrompt),
+           "Generation prompt ids: [CLS] prompt-pieces (no [SEP]).")
+      .def("decode",
+           [](const Tokenizer& t, const Ids& ids, bool skip_special_tokens) {
+             py::gil_scoped_release release;
+             return t.decode(ids, skip_special_tokens);
+           },
+           py::arg("ids"), py::arg("skip_special_tokens") = true,
+           "Ids to text as transformers 4.12 BertTokenizer.decode (clean_up_tokenization_spaces=True).\n"
+           "TextError for an id outside the vocabulary. Releases the GIL.");
+
+  m.def("pre_caption",
+        [](const py::object& text, int max_words) {
+          const std::string bytes = utf8_arg(text, "text");
+          py::gil_scoped_release release;
+          return xvlm_edge::pre_caption(bytes, max_words);
+        },
+        py::arg("text"), py::arg("max_words") = 30,
+        "xvlm_edge.text.pre_caption in C++ (the official caption cleaning); TextError if nothing is left.");
+  m.def("pre_question",
+        [](const py::object& text, int max_words) {
+          const std::string bytes = utf8_arg(text, "text");
+          py::gil_scoped_release release;
+          return xvlm_edge::pre_question(bytes, max_words);
+        },
+        py::arg("text"), py::arg("max_words") = 50,
+        "xvlm_edge.text.pre_question in C++ (the official question cleaning).");
+  m.def("unicode_tables_version", &xvlm_edge::unicode_tables_version,
+        "The Unicode Character Database version of the tokenizer's generated tables (\"15.0.0\").");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "Compiled core of xvlm_edge: Pillow-exact image preprocessing (use xvlm_edge.preprocess) and the\n"
-            "TensorRT engine manifest, profile and shape logic (use xvlm_edge.runtime.tensorrt).";
+  m.doc() = "Compiled core of xvlm_edge: Pillow-exact image preprocessing (use xvlm_edge.preprocess), the\n"
+            "TensorRT engine manifest, profile and shape logic (use xvlm_edge.runtime.tensorrt), and the\n"
+            "lamp SDK's WordPiece tokenizer and official text cleaning (Tokenizer, pre_caption, pre_question).";
   m.attr("__version__") = XVLM_EDGE_VERSION;
 
   // Subclass first: the translator's try/catch order decides which Python class is raised.
@@ -245,10 +363,14 @@ PYBIND11_MODULE(_C, m) {
       if (p) std::rethrow_exception(p);
     } catch (const xvlm_edge::ImageError& e) {
       py::set_error(py::module_::import("xvlm_edge.errors").attr("ImageError"), e.what());
+    } catch (const xvlm_edge::TextError& e) {
+      py::set_error(py::module_::import("xvlm_edge.errors").attr("TextError"), e.what());
     } catch (const xvlm_edge::InputError& e) {
       py::set_error(py::module_::import("xvlm_edge.errors").attr("InputError"), e.what());
     } catch (const xvlm_edge::EngineError& e) {
       py::set_error(py::module_::import("xvlm_edge.errors").attr("EngineError"), e.what());
+    } catch (const xvlm_edge::VocabError& e) {
+      py::set_error(py::module_::import("xvlm_edge.errors").attr("CheckpointError"), e.what());
     }
   });
 
@@ -262,4 +384,5 @@ PYBIND11_MODULE(_C, m) {
         "(3, res, res) as torchvision ToTensor + Normalize(mean, std) would. Releases the GIL.");
 
   bind_engines(m);
+  bind_tokenizer(m);
 }
