@@ -1,0 +1,266 @@
+#include "manifest.hpp"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <sys/stat.h>
+
+#include "sha256.hpp"
+
+namespace xvlm_edge::sdk {
+namespace {
+
+using nlohmann::json;
+
+constexpr std::size_t kMaxManifestBytes = std::size_t{16} << 20;  // a real one is a few tens of KiB
+
+// The graphs the SDK's tasks run, with the inputs each takes (catalogue order, with the dtype the SDK
+// feeds) and the outputs it reads (by name; a graph may have more).
+struct Required {
+  const char* graph;
+  std::vector<std::pair<const char*, DataType>> inputs;
+  std::vector<const char*> outputs;
+};
+
+const std::vector<Required>& required_graphs() {
+  constexpr DataType f32 = DataType::kFloat32, i64 = DataType::kInt64;
+  static const std::vector<Required> graphs = {
+      {"vision", {{"pixels", f32}}, {"image_embeds"}},
+      {"text", {{"text_ids", i64}, {"text_atts", i64}}, {"text_embeds"}},
+      {"fusion",
+       {{"text_embeds", f32}, {"text_atts", i64}, {"image_embeds", f32}, {"image_index", i64}, {"image_atts", i64}},
+       {"itm_logits", "bbox"}},
+      {"caption_cross_kv", {{"states", f32}}, {"cross_k", "cross_v"}},
+      {"caption_step",
+       {{"text_ids", i64}, {"self_atts", i64}, {"cache_k", f32}, {"cache_v", f32}, {"cross_k", f32}, {"cross_v", f32},
+        {"cross_atts", i64}},
+       {"logits", "new_cache_k", "new_cache_v"}},
+  };
+  return graphs;
+}
+
+bool is_file(const std::string& path) {
+  struct stat st{};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string read_manifest(const std::string& path) {
+  if (!is_file(path)) throw ModelError(path + " is missing: not an xvlm_edge export (make one with `xvlm-edge export MODEL_DIR --target executorch`)");
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  if (!(text << in.rdbuf())) throw ModelError(path + " cannot be read");
+  std::string out = text.str();
+  if (out.size() > kMaxManifestBytes) throw ModelError(path + " is larger than 16 MiB: not a manifest");
+  return out;
+}
+
+// A plain file name inside the export directory (no path, so a manifest cannot point elsewhere).
+std::string file_in(const std::string& directory, const std::string& name, const std::string& what) {
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos || name.find('\0') != std::string::npos) {
+    throw ModelError("manifest: " + what + " names file \"" + name + "\", which is not a plain file name in the export directory");
+  }
+  return directory + "/" + name;
+}
+
+void verify_file(const std::string& directory, const std::string& name, const std::string& sha256, const std::string& what) {
+  const std::string path = file_in(directory, name, what);
+  if (!is_file(path)) throw ModelError(what + " file " + path + " is missing");
+  const std::string digest = sha256_file(path);
+  if (digest != sha256) {
+    throw ModelError(path + ": sha256 " + digest + " differs from the manifest's " + sha256 + " (corrupt or replaced file; re-export)");
+  }
+}
+
+const json& field(const json& object, const char* key, const std::string& where) {
+  if (!object.is_object() || !object.contains(key)) throw ModelError("manifest: " + where + " has no \"" + key + "\"");
+  return object.at(key);
+}
+
+template <class T>
+T get(const json& object, const char* key, const std::string& where) {
+  const json& value = field(object, key, where);
+  try {
+    return value.get<T>();
+  } catch (const json::exception&) {
+    throw ModelError("manifest: " + where + "." + key + " has the wrong type (" + value.type_name() + ")");
+  }
+}
+
+std::vector<ShapeDim> parse_shape(const json& shape, const std::string& where) {
+  if (!shape.is_array()) throw ModelError("manifest: " + where + " is not a list");
+  std::vector<ShapeDim> out;
+  for (const json& d : shape) {
+    if (d.is_number_integer() && d.get<std::int64_t>() >= 0) {
+      out.push_back({d.get<std::int64_t>(), ""});
+    } else if (d.is_string()) {
+      out.push_back({-1, d.get<std::string>()});
+    } else {
+      throw ModelError("manifest: " + where + " holds " + d.dump() + ", neither a size nor an axis name");
+    }
+  }
+  return out;
+}
+
+GraphEntry parse_graph(const std::string& name, const json& entry) {
+  const std::string where = "graphs." + name;
+  GraphEntry g;
+  g.name = name;
+  g.file = get<std::string>(entry, "file", where);
+  g.method = get<std::string>(entry, "method", where);
+  g.arena_bytes = get<std::int64_t>(entry, "arena_bytes", where);
+  const json& dtypes = field(entry, "dtypes", where);
+  const json& shapes = field(entry, "shapes", where);
+  for (const char* role : {"inputs", "outputs"}) {
+    for (const std::string& tensor : get<std::vector<std::string>>(entry, role, where)) {
+      TensorEntry t;
+      t.name = tensor;
+      try {
+        t.dtype = parse_dtype(get<std::string>(dtypes, tensor.c_str(), where + ".dtypes"));
+      } catch (const ModelError&) {
+        throw;
+      } catch (const EngineError& e) {
+        throw ModelError("manifest: " + where + ".dtypes." + tensor + ": " + e.what());
+      }
+      t.shape = parse_shape(field(shapes, tensor.c_str(), where + ".shapes"), where + ".shapes." + tensor);
+      (std::string(role) == "inputs" ? g.inputs : g.outputs).push_back(std::move(t));
+    }
+  }
+  const json& bounds = field(entry, "bounds", where);
+  if (!bounds.is_object()) throw ModelError("manifest: " + where + ".bounds is not an object");
+  for (const auto& [axis, range] : bounds.items()) {
+    if (!range.is_array() || range.size() != 2 || !range[0].is_number_integer() || !range[1].is_number_integer() ||
+        range[0].get<std::int64_t>() < 0 || range[0].get<std::int64_t>() > range[1].get<std::int64_t>()) {
+      throw ModelError("manifest: " + where + ".bounds." + axis + " is " + range.dump() + ", not [min, max]");
+    }
+    g.bounds[axis] = {range[0].get<std::int64_t>(), range[1].get<std::int64_t>()};
+  }
+  for (const auto* list : {&g.inputs, &g.outputs}) {
+    for (const TensorEntry& t : *list) {
+      for (const ShapeDim& d : t.shape) {
+        if (!d.axis.empty() && !g.bounds.count(d.axis)) {
+          throw ModelError("manifest: " + where + " tensor " + t.name + " has axis \"" + d.axis + "\" without bounds");
+        }
+      }
+    }
+  }
+  return g;
+}
+
+// The graph has the catalogue's inputs (names, order, dtypes) and the outputs the SDK reads.
+void check_catalogue(const GraphEntry& g, const Required& want) {
+  if (g.inputs.size() != want.inputs.size()) {
+    throw ModelError("manifest: graph " + g.name + " has " + std::to_string(g.inputs.size()) + " inputs; the catalogue's has " +
+                     std::to_string(want.inputs.size()));
+  }
+  for (std::size_t i = 0; i < want.inputs.size(); ++i) {
+    const auto& [name, dtype] = want.inputs[i];
+    if (g.inputs[i].name != name || g.inputs[i].dtype != dtype) {
+      throw ModelError("manifest: graph " + g.name + " input " + std::to_string(i) + " is " + g.inputs[i].name + " (" +
+                       std::string(dtype_name(g.inputs[i].dtype)) + "); the catalogue's is " + name + " (" +
+                       std::string(dtype_name(dtype)) + ")");
+    }
+  }
+  for (const char* output : want.outputs) {
+    const std::size_t i = g.output_index(output);
+    if (g.outputs[i].dtype != DataType::kFloat32) throw ModelError("manifest: graph " + g.name + " output " + output + " is not float32");
+  }
+}
+
+TaskSettings parse_settings(const json& config) {
+  const std::string where = "config";
+  TaskSettings s;
+  s.image_res = get<int>(field(config, "vision", where), "image_res", "config.vision");
+  s.max_position_embeddings = get<int>(field(config, "text", where), "max_position_embeddings", "config.text");
+  s.max_tokens = get<int>(config, "max_tokens", where);
+  s.check_threshold = get<double>(config, "check_threshold", where);
+  const json& tasks = field(config, "tasks", where);
+  s.caption_prompt = get<std::string>(tasks, "caption_prompt", "config.tasks");
+  s.caption_max_length = get<int>(tasks, "caption_max_length", "config.tasks");
+  s.caption_min_length = get<int>(tasks, "caption_min_length", "config.tasks");
+  s.caption_num_beams = get<int>(tasks, "caption_num_beams", "config.tasks");
+  if (s.image_res <= 0 || s.max_tokens < 2 || !(s.check_threshold >= 0.0 && s.check_threshold <= 1.0) ||
+      s.caption_num_beams < 1 || s.caption_min_length < 0 || s.caption_max_length < s.caption_min_length) {
+    throw ModelError("manifest: config holds out-of-range task settings (image_res, max_tokens, check_threshold or tasks.caption_*)");
+  }
+  return s;
+}
+
+}  // namespace
+
+std::size_t GraphEntry::output_index(const std::string& tensor) const {
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    if (outputs[i].name == tensor) return i;
+  }
+  throw ModelError("manifest: graph " + name + " has no output " + tensor);
+}
+
+const AxisBound& GraphEntry::bound(const std::string& axis) const {
+  auto it = bounds.find(axis);
+  if (it == bounds.end()) throw ModelError("manifest: graph " + name + " has no bound for axis " + axis);
+  return it->second;
+}
+
+const GraphEntry& Manifest::graph(const std::string& name) const {
+  auto it = graphs.find(name);
+  if (it == graphs.end()) throw ModelError("the export " + directory + " has no graph " + name);
+  return it->second;
+}
+
+Manifest Manifest::open(const std::string& directory) {
+  const std::string path = directory + "/manifest.json";
+  json doc = json::parse(read_manifest(path), nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded() || !doc.is_object()) throw ModelError(path + " is not a JSON object (truncated or corrupt manifest)");
+  Manifest m;
+  m.directory = directory;
+  try {
+    const json& format = field(doc, "format", "the top level");
+    if (!format.is_number_integer() || format.get<std::int64_t>() != kManifestFormat) {
+      throw ModelError(path + " has manifest format " + format.dump() + "; this SDK reads format " + std::to_string(kManifestFormat) + " (re-export)");
+    }
+    const std::string target = get<std::string>(doc, "target", "the top level");
+    if (target != kExecuTorchTarget) {
+      throw ModelError(path + " is a " + target + " export; the SDK runs executorch exports (xvlm-edge export MODEL_DIR --target executorch)");
+    }
+    m.precision = get<std::string>(doc, "precision", "the top level");
+    const json& graphs = field(doc, "graphs", "the top level");
+    if (!graphs.is_object()) throw ModelError("manifest: graphs is not an object");
+    for (const auto& [name, entry] : graphs.items()) m.graphs.emplace(name, parse_graph(name, entry));
+    for (const Required& want : required_graphs()) {
+      auto it = m.graphs.find(want.graph);
+      if (it == m.graphs.end()) {
+        throw ModelError("the export " + directory + " has no " + want.graph + " graph, which check, match, ground and caption need "
+                         "(a checkpoint with the itm, bbox and caption heads)");
+      }
+      check_catalogue(it->second, want);
+    }
+    const auto cache = get<std::vector<std::int64_t>>(field(doc, "decoders", "the top level"), "caption", "decoders");
+    if (cache.size() != 3 || cache[0] < 1 || cache[1] < 1 || cache[2] < 1) throw ModelError("manifest: decoders.caption is not [layers, heads, head_dim]");
+    m.caption_cache = {cache[0], cache[1], cache[2]};
+    const json& limits = field(field(doc, "bounds", "the top level"), "limits", "bounds");
+    m.limits = {get<std::int64_t>(limits, "images", "bounds.limits"), get<std::int64_t>(limits, "text_rows", "bounds.limits"),
+                get<std::int64_t>(limits, "tokens", "bounds.limits"), get<std::int64_t>(limits, "beams", "bounds.limits"),
+                get<std::int64_t>(limits, "decoder_tokens", "bounds.limits")};
+    if (m.limits.images < 1 || m.limits.text_rows < 1 || m.limits.tokens < 2 || m.limits.beams < 1 || m.limits.decoder_tokens < 2) {
+      throw ModelError("manifest: bounds.limits holds a bound below its minimum");
+    }
+    m.settings = parse_settings(field(doc, "config", "the top level"));
+    for (const auto& [name, g] : m.graphs) verify_file(directory, g.file, get<std::string>(graphs.at(name), "sha256", "graphs." + name), "graph " + name);
+    const json& assets = field(doc, "assets", "the top level");
+    for (const char* asset : {"vocab", "config"}) {
+      const json& entry = field(assets, asset, "assets");
+      verify_file(directory, get<std::string>(entry, "file", std::string("assets.") + asset),
+                  get<std::string>(entry, "sha256", std::string("assets.") + asset), std::string("asset ") + asset);
+    }
+    if (assets.contains("answer_list")) {
+      const json& entry = assets.at("answer_list");
+      verify_file(directory, get<std::string>(entry, "file", "assets.answer_list"), get<std::string>(entry, "sha256", "assets.answer_list"),
+                  "asset answer_list");
+    }
+    m.vocab_path = file_in(directory, get<std::string>(field(assets, "vocab", "assets"), "file", "assets.vocab"), "assets.vocab");
+  } catch (const json::exception& e) {
+    throw ModelError(path + ": " + e.what());
+  }
+  return m;
+}
+
+}  // namespace xvlm_edge::sdk
