@@ -11,7 +11,6 @@ plus every code point once. Invalid UTF-8 must raise TextError, never crash.
 from __future__ import annotations
 
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from _cpp_build import build_cpp, needs_cmake
 
 from training import synthetic
 from xvlm_edge import _C
@@ -462,19 +462,12 @@ def test_generated_tables_are_up_to_date():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
+@needs_cmake
 def test_cpp_tests_under_sanitizers(tmp_path: Path):
     """csrc/tests/test_tokenizer.cpp (framing, errors, 40,000 fuzzed inputs on two vocabularies) built with
     AddressSanitizer and UndefinedBehaviorSanitizer, no recovery: any out-of-bounds read or UB fails the run."""
     flags = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
-    options = ["-DXVLM_EDGE_BUILD_TESTS=ON", "-DXVLM_EDGE_PYTHON=OFF", "-DXVLM_EDGE_WITH_CUDA=OFF", "-DXVLM_EDGE_WITH_TENSORRT=OFF"]
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    build = tmp_path / "build"
-    configure = [*generator, *options, "-DCMAKE_BUILD_TYPE=Debug", f"-DCMAKE_CXX_FLAGS={flags}"]
-    subprocess.run(["cmake", "-S", REPO, "-B", build, *configure], check=True, capture_output=True)
-    built = subprocess.run(
-        ["cmake", "--build", build, "--target", "xvlm_edge_tokenizer_tests", "--parallel"], capture_output=True, text=True, timeout=600
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
+    options = ["-DXVLM_EDGE_BUILD_TESTS=ON", "-DCMAKE_BUILD_TYPE=Debug", f"-DCMAKE_CXX_FLAGS={flags}"]
+    build = build_cpp(tmp_path / "build", ["xvlm_edge_tokenizer_tests"], options)
     run = subprocess.run([build / "xvlm_edge_tokenizer_tests", VOCAB_PATH], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip().endswith(" 0 failures"), run.stdout + run.stderr

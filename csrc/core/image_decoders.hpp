@@ -1,0 +1,34 @@
+// Internal to image_io: the per-format decoders and the size check they share.
+#pragma once
+
+#include <csetjmp>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "xvlm_edge/image_io.hpp"
+
+namespace xvlm_edge::detail {
+
+// Throws ImageError unless a width x height image of `channels` bytes per pixel is non-empty, has at most
+// max_pixels pixels and fits the Image type (int sides, size_t bytes). Called on header values, before any
+// pixel memory is allocated.
+void check_image_size(std::int64_t width, std::int64_t height, int channels, std::int64_t max_pixels,
+                      const std::string& name, const char* format);
+
+// Runs step() under setjmp(state.jump): true if it returned, false if a C decoder's error callback longjmp'ed to
+// state.jump (the callback leaves the reason in `state`). Every frame between here and the callback (this one,
+// the step lambda, the C library, the callback) must hold only trivially destructible objects, so that the
+// jump skips no destructor.
+template <typename State, typename Step>
+bool guarded(State& state, Step&& step) {
+  if (setjmp(state.jump) != 0) return false;
+  step();
+  return true;
+}
+
+// Each returns packed RGB or throws ImageError("<name>: <problem>"). `data` starts with the format's signature.
+Image decode_png(const std::uint8_t* data, std::size_t size, std::int64_t max_pixels, const std::string& name);
+Image decode_jpeg(const std::uint8_t* data, std::size_t size, std::int64_t max_pixels, const std::string& name);
+
+}  // namespace xvlm_edge::detail
