@@ -4,9 +4,9 @@ csrc/tests/test_image_io.cpp is driven in batch mode: it decodes files (or conve
 code and writes raw RGB, which must equal `xvlm_edge.preprocess.load_image` (OpenCV's decoders) byte for
 byte: the shipped examples, PNGs of every colour type, bit depth and interlacing (written here chunk by
 chunk, and by OpenCV and Pillow), JPEGs of every subsampling, progressive, restart intervals, gray and CMYK,
-and RGB/BGR/RGBA/BGRA/gray/NV12 buffers against cv2.cvtColor. Bad input (truncated, corrupt, empty, wrong
-magic, decompression bombs, bad strides, odd NV12 sizes) must be refused with an ImageError naming the file
-and the problem, bombs without allocating. The libFuzzer harnesses run under -m slow.
+EXIF orientations 1..8, and RGB/BGR/RGBA/BGRA/gray/NV12 buffers against cv2.cvtColor. Bad input (truncated,
+corrupt, empty, wrong magic, decompression bombs, bad strides, odd NV12 sizes) must be refused with an
+ImageError naming the file and the problem, bombs without allocating. The libFuzzer harnesses run under -m slow.
 """
 
 from __future__ import annotations
@@ -256,6 +256,26 @@ def test_jpeg_equal_python(driver: Driver, tmp_path: Path) -> None:
     differing = compare_files(driver, cases, tmp_path)
     assert len(differing) == len(cases) >= 25
     assert not any(differing.values()), {k: v for k, v in differing.items() if v}
+
+
+def test_exif_orientation_equals_python(driver: Driver, tmp_path: Path) -> None:
+    """Orientations 1..8 (and an out-of-range 9) in a JPEG APP1 segment and a PNG eXIf chunk, both byte orders,
+    on a 7 x 5 image: turned upright exactly as OpenCV's imdecode turns it."""
+    img = Image.fromarray(np.random.default_rng(6).integers(0, 256, (5, 7, 3), dtype=np.uint8))
+    cases = {}
+    for orientation in range(1, 10):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        for fmt, suffix in (("JPEG", "jpg"), ("PNG", "png")):
+            buf = io.BytesIO()
+            img.save(buf, fmt, exif=exif.tobytes(), quality=90)
+            cases[f"orientation-{orientation}.{suffix}"] = buf.getvalue()
+    big_endian = bytes.fromhex("4d4d002a00000008 0001 0112 0003 00000001 0006 0000 00000000".replace(" ", ""))
+    cases["orientation-6-big-endian.png"] = png_bytes(np.asarray(img), RGB, 8, eXIf=big_endian)
+    differing = compare_files(driver, cases, tmp_path)
+    assert len(differing) == len(cases) and not any(differing.values()), differing
+    shapes = [driver.decode([tmp_path / f"orientation-{n}.png"])[0].pixels.shape for n in (1, 6, 9)]
+    assert shapes == [(5, 7, 3), (7, 5, 3), (5, 7, 3)]
 
 
 # ---------------------------------------------------------------- raw buffers

@@ -27,7 +27,15 @@ bool guarded(State& state, Step&& step) {
   return true;
 }
 
-// Each returns packed RGB or throws ImageError("<name>: <problem>"). `data` starts with the format's signature.
+// The EXIF orientation (1..8) in a TIFF structure (the payload of a JPEG "Exif\0\0" APP1 segment or a PNG
+// eXIf chunk); 1 (as stored) when absent, unreadable or out of range, as OpenCV reads it.
+int exif_orientation(const std::uint8_t* tiff, std::size_t size);
+
+// The image turned upright for an EXIF orientation, as OpenCV's imdecode does (2..8; anything else: unchanged).
+Image apply_orientation(Image image, int orientation);
+
+// Each returns packed RGB with the EXIF orientation applied, or throws ImageError("<name>: <problem>").
+// `data` starts with the format's signature.
 Image decode_png(const std::uint8_t* data, std::size_t size, std::int64_t max_pixels, const std::string& name);
 Image decode_jpeg(const std::uint8_t* data, std::size_t size, std::int64_t max_pixels, const std::string& name);
 

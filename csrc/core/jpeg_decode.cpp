@@ -1,13 +1,15 @@
 // JPEG decoding through libjpeg(-turbo) with the settings OpenCV's decoder uses under IMREAD_ANYDEPTH |
 // IMREAD_ANYCOLOR: libjpeg's defaults (islow IDCT, fancy upsampling), one component read as gray, three as
-// RGB, four as CMYK turned into RGB with OpenCV's integer formula. No EXIF orientation is read yet.
+// RGB, four as CMYK turned into RGB with OpenCV's integer formula; the EXIF orientation of an APP1 segment applied.
 #include <cstdio>  // jpeglib.h needs FILE and size_t declared first
 
 #include <jpeglib.h>
 
 #include <csetjmp>
+#include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "image_decoders.hpp"
@@ -72,6 +74,16 @@ std::int64_t last_marker(const std::uint8_t* data, std::size_t size, std::uint8_
   return -1;
 }
 
+// The orientation in the first APP1 segment that holds EXIF ("Exif\0\0" and a TIFF structure), else 1.
+int orientation_of(const jpeg_decompress_struct* cinfo) {
+  for (jpeg_saved_marker_ptr m = cinfo->marker_list; m != nullptr; m = m->next) {
+    if (m->marker == JPEG_APP0 + 1 && m->data_length >= 6 && std::memcmp(m->data, "Exif\0\0", 6) == 0) {
+      return exif_orientation(m->data + 6, m->data_length - 6);
+    }
+  }
+  return 1;
+}
+
 }  // namespace
 
 Image decode_jpeg(const std::uint8_t* data, std::size_t size, std::int64_t max_pixels, const std::string& name) {
@@ -86,10 +98,12 @@ Image decode_jpeg(const std::uint8_t* data, std::size_t size, std::int64_t max_p
         jpeg_create_decompress(cinfo);
         cinfo->progress = &errors.progress;
         jpeg_mem_src(cinfo, data, static_cast<unsigned long>(size));
+        jpeg_save_markers(cinfo, JPEG_APP0 + 1, 0xFFFF);  // APP1: EXIF
         jpeg_read_header(cinfo, TRUE);
       })) {
     throw failure("header");
   }
+  const int orientation = orientation_of(cinfo);  // now: saved markers are freed by jpeg_finish_decompress
   const int width = static_cast<int>(cinfo->image_width);
   const int height = static_cast<int>(cinfo->image_height);
   check_image_size(cinfo->image_width, cinfo->image_height, 3, max_pixels, name, "JPEG");
@@ -142,7 +156,7 @@ Image decode_jpeg(const std::uint8_t* data, std::size_t size, std::int64_t max_p
       })) {
     throw failure("image data");
   }
-  return image;
+  return apply_orientation(std::move(image), orientation);
 }
 
 }  // namespace xvlm_edge::detail

@@ -1,12 +1,14 @@
 // PNG decoding through libpng with the transforms OpenCV's decoder applies under IMREAD_ANYDEPTH |
 // IMREAD_ANYCOLOR (the flags xvlm_edge.preprocess decodes with), so the pixels equal cv2.imdecode's:
 // palettes expanded, 1/2/4-bit gray widened, alpha stripped (not composited), gray-with-alpha made RGB by
-// libpng, plain gray kept as one channel and repeated here, no gamma, 16-bit samples rounded as v / 257.
+// libpng, plain gray kept as one channel and repeated here, no gamma, 16-bit samples rounded as v / 257,
+// the orientation of an eXIf chunk applied.
 #include <png.h>
 
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "image_decoders.hpp"
@@ -111,11 +113,17 @@ Image decode_png(const std::uint8_t* data, std::size_t size, std::int64_t max_pi
   for (png_uint_32 y = 0; y < height; ++y) rows[y] = target + y * row_bytes;
   if (!guarded(input, [&] {
         png_read_image(png, rows.data());
-        png_read_end(png, nullptr);
+        png_read_end(png, info);  // into `info`: an eXIf chunk may follow the image data
       })) {
     throw failure("image data");
   }
-  if (in_place) return image;
+  int orientation = 1;
+#ifdef PNG_eXIf_SUPPORTED
+  png_uint_32 exif_size = 0;
+  png_bytep exif = nullptr;
+  if (png_get_eXIf_1(png, info, &exif_size, &exif) != 0) orientation = exif_orientation(exif, exif_size);
+#endif
+  if (in_place) return apply_orientation(std::move(image), orientation);
 
   const std::size_t samples = std::size_t{width} * height * channels;
   std::uint8_t* out = image.data.data();
@@ -131,7 +139,7 @@ Image decode_png(const std::uint8_t* data, std::size_t size, std::int64_t max_pi
       out[i] = v;
     }
   }
-  return image;
+  return apply_orientation(std::move(image), orientation);
 }
 
 }  // namespace xvlm_edge::detail
