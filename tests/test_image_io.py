@@ -391,7 +391,7 @@ def test_other_formats_and_missing_files_name_the_problem(driver: Driver, tmp_pa
     got = driver.decode([bmp, missing, directory])
     assert f"{bmp}: not a PNG or JPEG image (it starts with 42 4D" in got[0].error
     assert got[1].error == f"image file not found: {missing}"
-    assert got[2].error.startswith(f"cannot read image file {directory}: ")
+    assert got[2].error == f"image file not found: {directory}"
     (limit,) = driver.decode([EXAMPLES[0]], max_pixels=1000)
     assert re.search(r"image is \d+x\d+ = [\d.]+ megapixels, above the limit of 0.001 megapixels", limit.error)
 

@@ -6,7 +6,9 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <limits>
+#include <system_error>
 #include <memory>
 #include <string>
 #include <utility>
@@ -72,11 +74,11 @@ Image decode_image(const std::uint8_t* data, std::size_t size, std::int64_t max_
 
 Image decode_image_file(const std::string& path, std::int64_t max_pixels) {
   check_max_pixels(max_pixels);
+  // Regular files only, as the Python package: a directory, FIFO or /dev/zero would block or never end.
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(path, error)) throw ImageError("image file not found: " + path);
   std::unique_ptr<std::FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
-  if (!file) {
-    if (errno == ENOENT) throw ImageError("image file not found: " + path);
-    throw ImageError("cannot open image file " + path + ": " + std::strerror(errno));
-  }
+  if (!file) throw ImageError("cannot open image file " + path + ": " + std::strerror(errno));
   std::vector<std::uint8_t> bytes;
   std::uint8_t chunk[1 << 16];
   std::size_t got = 0;

@@ -137,7 +137,8 @@ int self_test() {
   expect_error("JPEG cut", [&] { decode_image(jpeg_head, sizeof jpeg_head); }, "cannot decode JPEG header");
   expect_error("missing file", [] { xvlm_edge::decode_image_file("/nonexistent/x.png"); },
                "image file not found: /nonexistent/x.png");
-  expect_error("directory", [] { xvlm_edge::decode_image_file("/"); }, "cannot read image file /");
+  expect_error("directory", [] { xvlm_edge::decode_image_file("/"); }, "image file not found: /");
+  expect_error("device", [] { xvlm_edge::decode_image_file("/dev/zero"); }, "image file not found: /dev/zero");
   // Sanity of the good path: a 2x2 NV12 of mid gray is mid gray.
   const std::uint8_t nv12[] = {126, 126, 126, 126, 128, 128};
   const Image gray = from_buffer(nv12, sizeof nv12, 2, 2, 2, PixelFormat::NV12);
