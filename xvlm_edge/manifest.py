@@ -5,6 +5,9 @@ An export (`MODEL_DIR/export/<target>-<precision>/`) is one file per graph of th
 dynamic axes, the sha256 of the weights it was exported from, the model config, the quantisation settings,
 the accuracy gate's record and the CPU it was made on. The ONNX export, the fp16 export, the TensorRT engine
 build, every runtime, the CLI and the C++ SDK read it through this module (the SDK through its JSON).
+An ExecuTorch export also says what a reader without Python needs to run each `.pte`: the method, every
+tensor's dtype and shape (axis names for the dynamic dimensions), each axis's exported [min, max], the
+relations between axes and the memory-planned arena; and it holds `vocab.txt` and `config.json` (`assets`).
 
 `ExportManifest.read` refuses what it cannot vouch for: another format version, a graph file that is
 missing or whose sha256 differs, and (`check_weights`) an export of other weights than the checkpoint's.
@@ -56,6 +59,19 @@ class GraphFile:
     quantization: str = "float32"
     qdq_nodes: int = 0
     int8_matmuls: int = 0
+    # -- what a reader without Python needs to run the file (ExecuTorch exports fill these) --------------
+    #: the program's method that runs the graph ("" for ONNX, which has no methods)
+    method: str = ""
+    #: {tensor: dtype} of every input and output ("float32", "int64")
+    dtypes: dict[str, str] = field(default_factory=dict)
+    #: {tensor: shape}: an int per fixed dimension, the axis name of each dynamic one (a key of `bounds`)
+    shapes: dict[str, list[int | str]] = field(default_factory=dict)
+    #: {axis: [min, max]} that the file accepts, inclusive; a call outside them is refused
+    bounds: dict[str, list[int]] = field(default_factory=dict)
+    #: size relations between this graph's axes that a caller must keep ("total = past + new")
+    relations: list[str] = field(default_factory=list)
+    #: bytes of the memory-planned buffers (activations, inputs, outputs) sized for the bounds
+    arena_bytes: int = 0
 
 
 @dataclass
@@ -79,6 +95,11 @@ class ExportManifest:
     parity: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
     accuracy: dict[str, Any] = field(default_factory=dict)
+    #: ExecuTorch exports: the executorch version, the bounds the programs were exported for, and the files
+    #: beside the graphs that make the directory self-contained ({"vocab": {"file", "sha256"}, "config": ...})
+    executorch: str = ""
+    bounds: dict[str, Any] = field(default_factory=dict)
+    assets: dict[str, dict[str, str]] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
     @property
@@ -121,16 +142,18 @@ class ExportManifest:
         return manifest
 
     def verify_files(self, directory: str | Path) -> None:
-        """Every graph file exists and has the sha256 recorded here."""
+        """Every graph file (and asset) exists and has the sha256 recorded here."""
         root = Path(directory)
-        for name, entry in self.graphs.items():
-            file = root / entry.file
-            if not file.is_file():
-                raise EngineError(f"{root}: graph {name!r} file {entry.file} is missing", hint=_redo(root))
+        files = [(f"graph {name!r}", entry.file, entry.sha256) for name, entry in self.graphs.items()]
+        files += [(f"asset {name!r}", asset.get("file", ""), asset.get("sha256", "")) for name, asset in self.assets.items()]
+        for what, name, sha256 in files:
+            file = root / name
+            if not name or not file.is_file():
+                raise EngineError(f"{root}: {what} file {name or '(unnamed)'} is missing", hint=_redo(root))
             digest = sha256_file(file)
-            if digest != entry.sha256:
+            if digest != sha256:
                 raise EngineError(
-                    f"{file}: sha256 {digest} differs from the manifest's {entry.sha256} (corrupt or replaced file)",
+                    f"{file}: sha256 {digest} differs from the manifest's {sha256} (corrupt or replaced file)",
                     hint=_redo(root),
                 )
 

@@ -1,4 +1,4 @@
-"""`xvlm-edge export` (ONNX per graph, fp16 for TensorRT, INT8 behind the accuracy gate) and `xvlm-edge engines`."""
+"""`xvlm-edge export` (ONNX per graph, fp16 for TensorRT, ExecuTorch programs, INT8 behind the accuracy gate) and `xvlm-edge engines`."""
 
 from __future__ import annotations
 
@@ -34,9 +34,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise
         directory = export_dir(args.model_dir, args.target, args.precision)
         lines = [f"exported {len(manifest.graphs)} graphs ({args.target}, {args.precision}) -> {directory}"]
-        parity = manifest.parity
+        if manifest.bounds:
+            lines.append("  bounds: " + ", ".join(f"{k} {v}" for k, v in manifest.bounds["limits"].items())
+                         + " (memory planned for them; arena = activations per call, besides the weights)")  # fmt: skip
+        parity, engine = manifest.parity, "et" if args.target == "executorch" else "ort"
         for name, entry in manifest.graphs.items():
-            line = f"  {name:18s} {entry.bytes / 2**20:8.2f} MiB  fp32 max|ort - torch| {parity['fp32_vs_torch'][name]['max_abs']:.1e}"
+            line = f"  {name:18s} {entry.bytes / 2**20:8.2f} MiB  fp32 max|{engine} - torch| {parity['fp32_vs_torch'][name]['max_abs']:.1e}"
+            if entry.method:
+                line += f"  arena {entry.arena_bytes / 2**20:7.2f} MiB"
             fp16 = parity.get("fp16_vs_torch", {}).get(name)
             if fp16 is not None:
                 line += f"  fp16 max|ort - torch| {fp16['max_abs']:.1e}" if fp16["checked"] else "  fp16 not checked (ONNX Runtime CPU cannot run it)"
@@ -91,19 +96,22 @@ def cmd_engines(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub, common: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
-    export = sub.add_parser("export", parents=[common], help="export a checkpoint directory to ONNX (fp32, fp16 for TensorRT, or INT8 behind an accuracy gate)",
+    export = sub.add_parser("export", parents=[common],
+                            help="export a checkpoint directory to ONNX or ExecuTorch (fp32, fp16 for TensorRT, or INT8 behind an accuracy gate)",
                             epilog="examples: xvlm-edge export model_dir --precision int8\n"
-                                   "          xvlm-edge export model_dir --precision fp16 --target tensorrt",
+                                   "          xvlm-edge export model_dir --precision fp16 --target tensorrt\n"
+                                   "          xvlm-edge export model_dir --target executorch --precision int8",
                             formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     export.add_argument("model_dir", type=Path, help="an xvlm_edge checkpoint directory (xvlm-edge convert makes one)")
     export.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
                         help="fp16: float16 ONNX for TensorRT's strongly typed engines (--target tensorrt only); "
                              "int8: the fastest mix of INT8 and float graphs that passes the accuracy gate")  # fmt: skip
-    export.add_argument("--target", default="onnxruntime", choices=("onnxruntime", "tensorrt"),
-                        help="runtime the ONNX is for: onnxruntime runs fp32/int8, tensorrt builds engines from fp32/fp16/int8")  # fmt: skip
-    export.add_argument("--calibration", type=Path, help="folder of images calibrating INT8 (default: generated images)")
+    export.add_argument("--target", default="onnxruntime", choices=("onnxruntime", "tensorrt", "executorch"),
+                        help="runtime the export is for: onnxruntime runs fp32/int8 ONNX, tensorrt builds engines from fp32/fp16/int8 ONNX, "
+                             "executorch writes one XNNPACK .pte per graph (fp32/int8) with vocab.txt and config.json, for the C++ SDK")  # fmt: skip
+    export.add_argument("--calibration", type=Path, help="folder of images calibrating static INT8 (default: generated images; not for executorch)")
     export.add_argument("--eval-images", type=Path, help="folder of images the accuracy gate compares on (default: 64 generated)")
-    export.add_argument("--exclude", nargs="+", help="ONNX node-name substrings kept in float (default: patch_embed)")
+    export.add_argument("--exclude", nargs="+", help="ONNX node-name (executorch: module-name) substrings kept in float (default: patch_embed)")
     export.add_argument("--keep-fp32", nargs="+", help="graphs an int8 export leaves in fp32 from the start (e.g. answer_step answer_score)")
     export.add_argument("--sensitive-search", type=non_negative_int, metavar="N",
                         help="int8: per graph, the most MatMul/Gemm nodes the search may keep in float before it keeps "
@@ -114,7 +122,7 @@ def add_commands(sub, common: argparse.ArgumentParser) -> list[argparse.Argument
     mode = export.add_mutually_exclusive_group()
     mode.add_argument("--strict", action="store_true", help="int8: refuse when every graph INT8 fails the gate, instead of searching")
     mode.add_argument("--force", action="store_true", help="int8: every graph INT8, written even if the gate fails (experiments)")
-    export.add_argument("--threads", type=positive_int, help="ONNX Runtime threads while checking and gating (default: every core)")
+    export.add_argument("--threads", type=positive_int, help="ONNX Runtime (or ExecuTorch) threads while checking and gating (default: every core)")
     export.set_defaults(run=cmd_export)
 
     engines = sub.add_parser("engines", parents=[common], help="build TensorRT engines from a --target tensorrt export (on the device)",

@@ -1,4 +1,4 @@
-"""Export: ONNX per graph with a torch parity check, fp16 for TensorRT, INT8 behind an accuracy gate.
+"""Export: ONNX per graph (or ExecuTorch programs) with a torch parity check, fp16 for TensorRT, INT8 behind an accuracy gate.
 
 `export_model(MODEL_DIR, precision, target)` writes `MODEL_DIR/export/<target>-<precision>/`: one `<graph>.onnx`
 per graph of the catalogue and the manifest (`xvlm_edge.manifest`). The directory is built beside its final
@@ -6,9 +6,12 @@ place and swapped in only once every check passed (`files.atomic_directory`), so
 the previous one (or nothing) behind. Each precision has its module: `onnx.py` (fp32, and the parity check
 every precision runs), `fp16.py`, `int8.py` (the plan search); `tensorrt.py` builds engines from an export.
 
-Targets: `onnxruntime` (fp32, int8) and `tensorrt` (the ONNX a TensorRT engine is built from on the device:
+Targets: `onnxruntime` (fp32, int8), `tensorrt` (the ONNX a TensorRT engine is built from on the device:
 fp32; fp16, since strongly typed networks take their precision from the ONNX types; or int8 with the QDQ
-vision graph and float text/decoder graphs, since TensorRT does not run ORT's dynamic-quantisation ops).
+vision graph and float text/decoder graphs, since TensorRT does not run ORT's dynamic-quantisation ops), and
+`executorch` (fp32, int8: one XNNPACK `.pte` per graph for explicit `executorch.Bounds`, with `vocab.txt` and
+`config.json` beside them for the lamp's C++ SDK; `executorch.py`). INT8 runs the same plan search and gate
+on every target (`int8.PlanSearch` over an `int8.QuantTarget`).
 `onnxruntime` has no fp16: its CPU provider has fp16 kernels for few ops and runs the rest (MatMul, Conv,
 Add...) in fp32 behind Casts it inserts, so an fp16 graph there only adds rounding to the fp32 export.
 """
@@ -21,6 +24,7 @@ import platform
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,14 +32,18 @@ from xvlm_edge.errors import BackendUnavailableError, CheckpointError, InputErro
 from xvlm_edge.export.gate import AccuracyGateError, Thresholds
 from xvlm_edge.manifest import ExportManifest, GraphFile, export_dir
 
+if TYPE_CHECKING:
+    from xvlm_edge.export.executorch import Bounds
+
 log = logging.getLogger(__name__)
 
-TARGETS = ("onnxruntime", "tensorrt")
-PRECISIONS = {"onnxruntime": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
+TARGETS = ("onnxruntime", "tensorrt", "executorch")
+PRECISIONS = {"onnxruntime": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "int8"), "executorch": ("fp32", "int8")}
 #: Why a target refuses a precision, for the error message.
 _REFUSED = {
     ("onnxruntime", "fp16"): "fp16 ONNX is for TensorRT (--target tensorrt): ONNX Runtime's CPU provider has fp16 "
     "kernels for few ops and runs the rest (MatMul, Conv, Add...) in fp32 behind Casts; use fp32 or int8 there",
+    ("executorch", "fp16"): "the executorch target is the lamp's CPU (XNNPACK): fp32, or int8 behind the accuracy gate",
 }
 ImageSource = str | Path | Sequence[np.ndarray] | None
 
@@ -71,6 +79,7 @@ def export_model(
     reduce_range: bool | None = None,
     threads: int | None = None,
     progress: bool = False,
+    bounds: Bounds | None = None,
 ) -> ExportManifest:
     """Export, check and (for int8) gate the checkpoint directory `model_dir`; returns the manifest written.
 
@@ -81,8 +90,11 @@ def export_model(
     instead (AccuracyGateError); `force` quantises every graph with its fastest option and writes it whatever
     the gate says (recorded, and warned about on load). `keep_fp32`: graphs to leave float from the start.
     `reduce_range`: 7-bit weights; None follows this CPU (`cpu.needs_reduced_range`).
-    `threads`: ONNX Runtime threads of the checks (None: every core). Raises EngineError when an fp32 graph
-    differs from torch past `onnx.FP32_ATOL`, or an fp16 graph past `fp16.FP16_TOL`.
+    `threads`: ONNX Runtime threads of the checks (None: every core; executorch: its threadpool). Raises
+    EngineError when an fp32 graph differs from torch past `onnx.FP32_ATOL`, or an fp16 graph past `fp16.FP16_TOL`.
+    `bounds` (executorch only): the largest call each program takes (`executorch.Bounds`, default lamp-sized).
+    Executorch INT8 is dynamic (no calibration) and XNNPACK's (no reduce_range); `exclude` names module-name
+    substrings kept float.
     """
     if target not in TARGETS:
         raise InputError(f"unknown export target {target!r}; choose one of {list(TARGETS)}")
@@ -98,6 +110,18 @@ def export_model(
         raise InputError("force and strict contradict each other: force writes a failing export, strict refuses one")
     if precision != "int8" and (keep_fp32 or strict or force or budget is not None or reduce_range is not None):
         raise InputError("keep_fp32, strict, force, the sensitivity budget and reduce_range apply to int8 exports only")
+    if target != "executorch" and bounds is not None:
+        raise InputError(f"bounds size ExecuTorch programs (target executorch), not {target} exports")
+    if target == "executorch" and bounds is not None:
+        from xvlm_edge.export.executorch import Bounds
+
+        if not isinstance(bounds, Bounds):
+            raise InputError(f"bounds must be an xvlm_edge.export.executorch.Bounds, got {type(bounds).__name__}")
+    if target == "executorch" and (calibration is not None or reduce_range is not None or budget):
+        raise InputError(
+            "the executorch target's INT8 is XNNPACK's dynamic INT8 of whole graphs: it takes no calibration images, "
+            "no reduce_range and no per-MatMul sensitivity search"
+        )
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir} is not a checkpoint directory", hint="convert first: xvlm-edge convert CKPT DIR")
@@ -109,12 +133,19 @@ def export_model(
     with atomic_directory(final) as tmp:
         fp32_dir = tmp if precision == "fp32" else tmp / ".fp32"
         fp32_dir.mkdir(exist_ok=True)
-        manifest = _fp32(checkpoint, model_dir, target, fp32_dir, threads)
+        if target == "executorch":
+            from xvlm_edge.export import executorch
+
+            bounds = executorch.Bounds() if bounds is None else bounds
+            manifest = executorch.export_fp32(checkpoint, model_dir, fp32_dir, bounds, threads)
+            manifest.assets = executorch.write_assets(model_dir, tmp)
+        else:
+            manifest = _fp32(checkpoint, model_dir, target, fp32_dir, threads)
         if precision == "fp16":
             _fp16(checkpoint, manifest, fp32_dir, tmp, threads)
         elif precision == "int8":
-            settings = _int8_settings(thresholds, force, strict, exclude, keep_fp32, budget, reduce_range, threads, progress)
-            _int8(checkpoint, manifest, fp32_dir, tmp, target, settings, calibration, eval_images)
+            settings = _int8_settings(thresholds, force, strict, exclude, keep_fp32, budget, reduce_range, threads, progress, target)
+            _int8(checkpoint, manifest, fp32_dir, tmp, target, settings, calibration, eval_images, bounds)
         if fp32_dir != tmp:
             shutil.rmtree(fp32_dir)
         manifest.write(tmp)
@@ -216,11 +247,13 @@ def _fp16(checkpoint, manifest: ExportManifest, fp32_dir: Path, out: Path, threa
     manifest.accuracy = {"reference": "torch fp32", "note": "fp16 export: see parity (ONNX Runtime CPU)"}
 
 
-def _int8_settings(thresholds, force, strict, exclude, keep_fp32, budget, reduce_range, threads, progress):
+def _int8_settings(thresholds, force, strict, exclude, keep_fp32, budget, reduce_range, threads, progress, target):
     from xvlm_edge.cpu import needs_reduced_range
     from xvlm_edge.export.int8 import SENSITIVITY_BUDGET, Int8Settings
     from xvlm_edge.export.quantize import DEFAULT_EXCLUDE
 
+    if target == "executorch":  # whole graphs, XNNPACK's int8 kernels (no 7-bit weights needed)
+        budget, reduce_range = 0, False
     return Int8Settings(
         thresholds=thresholds or Thresholds(),
         force=force,
@@ -229,29 +262,45 @@ def _int8_settings(thresholds, force, strict, exclude, keep_fp32, budget, reduce
         keep_fp32=tuple(keep_fp32),
         sensitivity_budget=SENSITIVITY_BUDGET if budget is None else budget,
         reduce_range=needs_reduced_range() if reduce_range is None else bool(reduce_range),
-        reduce_range_source="detected from this CPU's flags" if reduce_range is None else "set by the user",
+        reduce_range_source=_reduce_range_source(reduce_range, target),
         threads=threads,
         progress=progress,
     )
 
 
-def _int8(checkpoint, manifest: ExportManifest, fp32_dir: Path, out: Path, target, settings, calibration, eval_images) -> None:
+def _reduce_range_source(reduce_range: bool | None, target: str) -> str:
+    if target == "executorch":
+        return "not used: XNNPACK's int8 kernels"
+    return "detected from this CPU's flags" if reduce_range is None else "set by the user"
+
+
+def _int8(checkpoint, manifest: ExportManifest, fp32_dir: Path, out: Path, target, settings, calibration, eval_images, bounds) -> None:
     import tempfile
 
     from xvlm_edge.export import gate
-    from xvlm_edge.export.int8 import CALIBRATION_IMAGES, EVAL_IMAGES, PlanSearch, check_keep_fp32
+    from xvlm_edge.export.int8 import CALIBRATION_IMAGES, EVAL_IMAGES, OnnxTarget, PlanSearch, check_keep_fp32
     from xvlm_edge.graphs import catalogue
 
     specs = catalogue(checkpoint.config.heads)
     check_keep_fp32(settings.keep_fp32, list(specs))
-    calibration_images = images(calibration, CALIBRATION_IMAGES, seed=0)
+    # XNNPACK's INT8 is dynamic: nothing to calibrate
+    calibration_images = [] if target == "executorch" else images(calibration, CALIBRATION_IMAGES, seed=0)
     evaluation = images(eval_images, EVAL_IMAGES, seed=1)
     with tempfile.TemporaryDirectory(prefix="xvlm-int8-") as work:
-        search = PlanSearch(checkpoint, fp32_dir, out, Path(work), target, settings, calibration_images, evaluation, manifest)
+        if target == "executorch":
+            from xvlm_edge.export.executorch import ExecuTorchTarget
+
+            quant_target = ExecuTorchTarget(checkpoint, fp32_dir, out, Path(work), bounds, settings.exclude, manifest, settings.threads)
+        else:
+            quant_target = OnnxTarget(checkpoint, fp32_dir, out, Path(work), target, settings, calibration_images, manifest)
+        search = PlanSearch(checkpoint, quant_target, Path(work), settings, evaluation)
         metrics = search.run()
-    plan = search.record()
-    for name, spec in specs.items():
-        manifest.graphs[name] = _graph_file(out / f"{name}.onnx", spec, plan[name]["description"])
+        plan = search.record()
+        for name, spec in specs.items():
+            if target == "executorch":
+                manifest.graphs[name] = quant_target.graph_file(name, search.plan[name])
+            else:
+                manifest.graphs[name] = _graph_file(out / f"{name}.onnx", spec, plan[name]["description"])
     manifest.precision = "int8"
     manifest.quantization = {
         "reduce_range": settings.reduce_range,

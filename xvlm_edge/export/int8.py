@@ -18,6 +18,11 @@ The search (`PlanSearch`):
    manifest and on the terminal.
 A trial costs one quantisation of one graph (the vision graph's calibration ranges and every graph's ORT
 pre-processing are made once, `quantize.GraphQuantizer`) and a partial gate run.
+
+The search is the same for every target; what differs is a `QuantTarget`: its graphs' options, a writer that
+quantises one graph by a plan, a runtime over a set of files (the candidate the gate measures), and whether it
+has the per-MatMul sensitivity search. `OnnxTarget` (here) serves onnxruntime and tensorrt;
+`export.executorch.ExecuTorchTarget` serves executorch (XNNPACK dynamic INT8 or float, whole graphs).
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -71,8 +77,10 @@ _MOVE_COST = {"search": 0.1, (DYNAMIC, FLOAT): 1.0, (STATIC, FLOAT): 1.0}
 
 def graph_options(name: str, target: str) -> tuple[str, ...]:
     """A graph's quantisation options on `target`, fastest first. On ONNX Runtime dynamic INT8 is both faster
-    and closer to fp32 than static QDQ, also for the vision graph (`quantize.py`); TensorRT runs Q/DQ only."""
-    if target == "onnxruntime":
+    and closer to fp32 than static QDQ, also for the vision graph (`quantize.py`); TensorRT runs Q/DQ only.
+    ExecuTorch: XNNPACK's dynamic INT8 or float; static INT8 of the vision graph was measured unusable there
+    (cosine 0.47 to fp32, against 0.9997 dynamic)."""
+    if target in ("onnxruntime", "executorch"):
         return (DYNAMIC, FLOAT)
     return (STATIC, FLOAT) if name == "vision" else (FLOAT,)
 
@@ -96,9 +104,9 @@ class GraphPlan:
     searched: bool = False  # the sensitivity search ran for this option
     reason: str = "fastest option"
 
-    def describe(self) -> str:
+    def describe(self, descriptions: dict[str, str] = DESCRIPTIONS) -> str:
         kept = f"; {len(self.kept_float)} sensitive MatMuls kept float" if self.kept_float else ""
-        return DESCRIPTIONS[self.option] + kept
+        return descriptions[self.option] + kept
 
 
 @dataclass(frozen=True)
@@ -148,8 +156,44 @@ class _Move:
     cost: float
 
 
-class PlanSearch:
-    """The search of the module docstring, over the fp32 graphs in `fp32_dir`, writing into `out_dir`."""
+class QuantTarget(ABC):
+    """What the plan search needs of an export target (see the module docstring)."""
+
+    #: the graph files' suffix; the chosen files are left in `out_dir`
+    suffix: str
+    out_dir: Path
+    #: what each option means on this target, for the manifest
+    descriptions: ClassVar[dict[str, str]] = DESCRIPTIONS
+    #: whether `search` keeps single MatMuls in float (else a failing graph steps down whole)
+    searchable: bool = False
+
+    @abstractmethod
+    def options(self, name: str) -> tuple[str, ...]:
+        """Graph `name`'s options, fastest first."""
+
+    @abstractmethod
+    def weight_bytes(self, name: str) -> int:
+        """The graph's fp32 size, which orders the moves cheapest first."""
+
+    @abstractmethod
+    def write(self, name: str, plan: GraphPlan, dst: Path) -> None:
+        """Quantise graph `name` by `plan` into `dst`."""
+
+    @abstractmethod
+    def runtime(self, files: dict[str, Path]) -> Runtime:
+        """A runtime over `files` ({graph: path}), the fp32 manifest's names and shapes."""
+
+    def search(self, name: str, plan: GraphPlan, feeds: list[dict[str, np.ndarray]]) -> GraphPlan:
+        """`plan` with the MatMuls worth keeping in float, measured on `feeds` (only where `searchable`)."""
+        return replace(plan, searched=True)
+
+
+class OnnxTarget(QuantTarget):
+    """ONNX files for ONNX Runtime or TensorRT: `quantize.GraphQuantizer` per graph over the fp32 ONNX in
+    `fp32_dir`, the per-MatMul sensitivity search, and ONNX Runtime as the candidate the gate measures."""
+
+    suffix = ".onnx"
+    searchable = True
 
     def __init__(
         self,
@@ -160,39 +204,29 @@ class PlanSearch:
         target: str,
         settings: Int8Settings,
         calibration: list[np.ndarray],
-        eval_images: list[np.ndarray],
         fp32_manifest: ExportManifest,
     ) -> None:
-        from xvlm_edge.api import Model
-        from xvlm_edge.runtime import create_runtime
-
-        self.checkpoint, self.target, self.settings = checkpoint, target, settings
-        self.fp32_dir, self.out_dir, self.work = fp32_dir, out_dir, work
-        self.images = eval_images
-        self.specs = catalogue(checkpoint.config.heads)
-        self.follows = _leaders(list(self.specs))
+        self.fp32_dir, self.out_dir, self.target, self.settings = fp32_dir, out_dir, target, settings
         self.fp32_manifest = fp32_manifest
+        names = list(catalogue(checkpoint.config.heads))
+        self.follows = _leaders(names)
         pixels = to_pixels(calibration, checkpoint.config.vision.image_res)
         self.quantizers = {
             name: GraphQuantizer(
                 fp32_dir / f"{name}.onnx", work / name, reduce_range=settings.reduce_range, exclude=settings.exclude,
                 per_channel=name != "vision", pixels=pixels if name == "vision" else None,
             )
-            for name in self.specs
+            for name in names
         }  # fmt: skip
-        self.bytes = {name: (fp32_dir / f"{name}.onnx").stat().st_size for name in self.specs}
-        torch_runtime = create_runtime(checkpoint.model, backend="torch", device="cpu")
-        self.recorder = _RecordingRuntime(torch_runtime, {n: s.inputs for n, s in self.specs.items()})
-        self.reference_model = Model(checkpoint, self.recorder)
-        self.Model = Model
-        self.plan: dict[str, GraphPlan] = {}
-        self.trials: list[dict[str, Any]] = []
-        self._searched: dict[tuple[str, str], GraphPlan] = {}  # (graph, option) -> the sensitivity search's plan
+        self.bytes = {name: (fp32_dir / f"{name}.onnx").stat().st_size for name in names}
 
-    # -- files -------------------------------------------------------------------------------------------
+    def options(self, name: str) -> tuple[str, ...]:
+        return graph_options(name, self.target)
 
-    def _write(self, name: str, plan: GraphPlan, dst: Path) -> None:
-        """Quantise graph `name` by `plan` into `dst`."""
+    def weight_bytes(self, name: str) -> int:
+        return self.bytes[name]
+
+    def write(self, name: str, plan: GraphPlan, dst: Path) -> None:
         src = self.fp32_dir / f"{name}.onnx"
         quantizer = self.quantizers[name]
         kept = plan.kept_float
@@ -208,22 +242,64 @@ class PlanSearch:
         if violations:
             raise AccuracyGateError({}, [f"{name}: {v}" for v in violations[:5]])
 
-    def _candidate(self, files: dict[str, Path]):
-        """An `api.Model` on ONNX Runtime over `files` ({graph: path})."""
+    def runtime(self, files: dict[str, Path]) -> Runtime:
+        """ONNX Runtime over `files`."""
         from xvlm_edge.runtime.onnxruntime_backend import OnnxRuntime
 
         graphs = {n: replace(self.fp32_manifest.graphs[n], file=str(path.resolve())) for n, path in files.items()}
         manifest = replace(self.fp32_manifest, precision="int8", graphs=graphs)
-        return self.Model(self.checkpoint, OnnxRuntime(self.out_dir, manifest=manifest, threads=self.settings.threads))
+        return OnnxRuntime(self.out_dir, manifest=manifest, threads=self.settings.threads)
+
+    def search(self, name: str, plan: GraphPlan, feeds: list[dict[str, np.ndarray]]) -> GraphPlan:
+        from xvlm_edge.export.sensitivity import search_sensitive_nodes
+
+        quantizer = self.quantizers[name]
+        candidates = quantizer.candidates(constant_weight_only=plan.option != STATIC)
+        if not feeds or not candidates:
+            return replace(plan, searched=True)
+
+        def quantize(_src: Path, dst: Path, keep: Sequence[str]) -> None:
+            self.write(name, replace(plan, kept_float=list(keep)), dst)
+
+        found = search_sensitive_nodes(
+            quantizer.src, quantize, feeds, candidates, self.settings.sensitivity_budget, threads=self.settings.threads
+        )
+        reason = "sensitivity search" if found.kept_float else plan.reason
+        return replace(plan, kept_float=found.kept_float, searched=True, reason=reason)
+
+
+class PlanSearch:
+    """The search of the module docstring over `target`'s graphs, leaving the chosen files in `target.out_dir`."""
+
+    def __init__(self, checkpoint, target: QuantTarget, work: Path, settings: Int8Settings, eval_images: list[np.ndarray]) -> None:
+        from xvlm_edge.api import Model
+        from xvlm_edge.runtime import create_runtime
+
+        self.checkpoint, self.target, self.settings, self.work = checkpoint, target, settings, work
+        self.images = eval_images
+        self.specs = catalogue(checkpoint.config.heads)
+        self.follows = _leaders(list(self.specs))
+        torch_runtime = create_runtime(checkpoint.model, backend="torch", device="cpu")
+        self.recorder = _RecordingRuntime(torch_runtime, {n: s.inputs for n, s in self.specs.items()})
+        self.reference_model = Model(checkpoint, self.recorder)
+        self.Model = Model
+        self.plan: dict[str, GraphPlan] = {}
+        self.trials: list[dict[str, Any]] = []
+        self._searched: dict[tuple[str, str], GraphPlan] = {}  # (graph, option) -> the sensitivity search's plan
+
+    # -- files -------------------------------------------------------------------------------------------
+
+    def _path(self, directory: Path, name: str) -> Path:
+        return directory / f"{name}{self.target.suffix}"
 
     def _files(self, overrides: dict[str, Path] | None = None) -> dict[str, Path]:
-        files = {n: self.out_dir / f"{n}.onnx" for n in self.specs}
+        files = {n: self._path(self.target.out_dir, n) for n in self.specs}
         return {**files, **(overrides or {})}
 
     # -- measuring ----------------------------------------------------------------------------------------
 
     def _measure(self, tasks: tuple[str, ...], overrides: dict[str, Path] | None = None) -> dict[str, float]:
-        candidate = collect(self._candidate(self._files(overrides)), self.images, tasks)
+        candidate = collect(self.Model(self.checkpoint, self.target.runtime(self._files(overrides))), self.images, tasks)
         return compare(self.reference, candidate, self.checkpoint.config.check_threshold)
 
     def _failed(self, metrics: dict[str, float]) -> list[str]:
@@ -239,11 +315,12 @@ class PlanSearch:
         plan = self.plan[name]
         if plan.option == FLOAT:
             return None
-        if not plan.searched and self.settings.sensitivity_budget > 0:
-            return _Move(name, "search", _MOVE_COST["search"] * self.bytes[name])
-        options = graph_options(name, self.target)
+        weight_bytes = self.target.weight_bytes(name)
+        if not plan.searched and self.settings.sensitivity_budget > 0 and self.target.searchable:
+            return _Move(name, "search", _MOVE_COST["search"] * weight_bytes)
+        options = self.target.options(name)
         lower = options[options.index(plan.option) + 1]
-        return _Move(name, lower, _MOVE_COST[(plan.option, lower)] * self.bytes[name])
+        return _Move(name, lower, _MOVE_COST[(plan.option, lower)] * weight_bytes)
 
     def _planned(self, move: _Move) -> GraphPlan:
         """The plan of `move.graph` after `move` (the sensitivity search runs here, once per graph and option)."""
@@ -252,34 +329,16 @@ class PlanSearch:
             return GraphPlan(move.kind, reason=f"{plan.option} failed the gate")
         key = (move.graph, plan.option)
         if key not in self._searched:  # a search tried and not taken in one round is offered again in the next
-            self._searched[key] = self._search(move.graph, plan)
+            self._searched[key] = self.target.search(move.graph, plan, self.recorder.feeds.get(move.graph, []))
         return self._searched[key]
-
-    def _search(self, graph: str, plan: GraphPlan) -> GraphPlan:
-        from xvlm_edge.export.sensitivity import search_sensitive_nodes
-
-        quantizer = self.quantizers[graph]
-        feeds = self.recorder.feeds.get(graph, [])
-        candidates = quantizer.candidates(constant_weight_only=plan.option != STATIC)
-        if not feeds or not candidates:
-            return replace(plan, searched=True)
-
-        def quantize(_src: Path, dst: Path, keep: Sequence[str]) -> None:
-            self._write(graph, replace(plan, kept_float=list(keep)), dst)
-
-        found = search_sensitive_nodes(
-            quantizer.src, quantize, feeds, candidates, self.settings.sensitivity_budget, threads=self.settings.threads
-        )
-        reason = "sensitivity search" if found.kept_float else plan.reason
-        return replace(plan, kept_float=found.kept_float, searched=True, reason=reason)
 
     def _apply(self, name: str, plan: GraphPlan) -> None:
         self.plan[name] = plan
-        self._write(name, plan, self.out_dir / f"{name}.onnx")
+        self.target.write(name, plan, self._path(self.target.out_dir, name))
         for follower, leader in self.follows.items():
             if leader == name:
                 self.plan[follower] = replace(plan, reason=f"follows {leader}")
-                self._write(follower, self.plan[follower], self.out_dir / f"{follower}.onnx")
+                self.target.write(follower, self.plan[follower], self._path(self.target.out_dir, follower))
 
     def run(self) -> dict[str, float]:
         """Search, leave the chosen graphs in `out_dir`, and return the gate's metrics on every task."""
@@ -297,7 +356,7 @@ class PlanSearch:
             if name in self.settings.keep_fp32:
                 self._apply(name, GraphPlan(FLOAT, reason="kept fp32 (--keep-fp32)"))
             else:
-                self._apply(name, GraphPlan(graph_options(name, self.target)[0]))
+                self._apply(name, GraphPlan(self.target.options(name)[0]))
             bar.set_postfix_str(f"quantised {name}")
             bar.update()
         metrics = self._measure(tasks)
@@ -314,9 +373,9 @@ class PlanSearch:
                 if move.kind == "search" and not plan.kept_float:  # nothing sensitive: the graph is unchanged
                     self.plan[move.graph] = plan
                     continue
-                trial = self.work / "trial" / f"{move.graph}.onnx"
+                trial = self._path(self.work / "trial", move.graph)
                 trial.parent.mkdir(exist_ok=True)
-                self._write(move.graph, plan, trial)
+                self.target.write(move.graph, plan, trial)
                 trial_metrics = self._measure(failing_tasks, {move.graph: trial})
                 deficit = self._deficit(trial_metrics, failed)
                 self.trials.append({"graph": move.graph, "move": move.kind, "kept_float": len(plan.kept_float), "metrics": trial_metrics})
@@ -329,7 +388,8 @@ class PlanSearch:
             if best is None:  # every move was a search that found nothing: the next round steps down
                 continue
             _, _, move, plan, trial_metrics = best
-            log.info("int8 plan: %s -> %s (%s)", move.graph, plan.describe(), ", ".join(f"{k} {v:.4f}" for k, v in trial_metrics.items()))
+            measured = ", ".join(f"{k} {v:.4f}" for k, v in trial_metrics.items())
+            log.info("int8 plan: %s -> %s (%s)", move.graph, plan.describe(self.target.descriptions), measured)
             self._apply(move.graph, plan)
             metrics = {**metrics, **self._measure(tuple(t for t in tasks if move.graph in TASK_GRAPHS[t]))}
             failed = self._failed(metrics)
@@ -340,7 +400,7 @@ class PlanSearch:
     def record(self) -> dict[str, Any]:
         """The plan as the manifest records it."""
         return {
-            graph: {"option": p.option, "kept_float": p.kept_float, "reason": p.reason, "description": p.describe()}
+            graph: {"option": p.option, "kept_float": p.kept_float, "reason": p.reason, "description": p.describe(self.target.descriptions)}
             for graph, p in self.plan.items()
         }
 
@@ -351,4 +411,15 @@ def check_keep_fp32(keep_fp32: Sequence[str], names: Sequence[str]) -> None:
         raise InputError(f"--keep-fp32 names graphs this checkpoint lacks: {sorted(unknown)} (has {sorted(names)})")
 
 
-__all__ = ["CALIBRATION_IMAGES", "DESCRIPTIONS", "EVAL_IMAGES", "SENSITIVITY_BUDGET", "GraphPlan", "Int8Settings", "PlanSearch", "graph_options"]
+__all__ = [
+    "CALIBRATION_IMAGES",
+    "DESCRIPTIONS",
+    "EVAL_IMAGES",
+    "SENSITIVITY_BUDGET",
+    "GraphPlan",
+    "Int8Settings",
+    "OnnxTarget",
+    "PlanSearch",
+    "QuantTarget",
+    "graph_options",
+]

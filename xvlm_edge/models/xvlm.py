@@ -83,7 +83,8 @@ class XVLM(nn.Module):
         For Swin the concept token is rebuilt from the patches under the mask, so full images and boxes
         share the per-image K/V. For CLIP, token 0 is a real class token and boxes come as their own rows.
         """
-        rows = len(image_embeds) if index is None else len(index)
+        # shape[0], not len(): torch.export specialises a dimension that len() reads (K baked in)
+        rows = image_embeds.shape[0] if index is None else index.shape[0]
         if image_atts is None:
             image_atts = image_embeds.new_ones(rows, image_embeds.shape[1])
         if self.pools_boxes:

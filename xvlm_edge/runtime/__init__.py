@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-#: fp16/bf16: torch on CUDA (or a TensorRT fp16 export); int8: an INT8 export on ONNX Runtime or TensorRT.
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "executorch")
+#: fp16/bf16: torch on CUDA (or a TensorRT fp16 export); int8: an INT8 export on ONNX Runtime, TensorRT or ExecuTorch.
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 #: What each exported backend runs; the torch backend runs the module itself.
-EXPORTED_PRECISIONS = {"onnxruntime": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
+EXPORTED_PRECISIONS = {"onnxruntime": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "int8"), "executorch": ("fp32", "int8")}
 
 
 def create_runtime(
@@ -40,8 +40,10 @@ def create_runtime(
     """The runtime asked for, or BackendUnavailableError naming what is missing (never a silent fallback).
 
     `backend="onnxruntime"` runs the export in `model_dir/export/onnxruntime-<precision>/` with `threads`
-    intra-op threads; `backend="tensorrt"` the engines built from `model_dir/export/tensorrt-<precision>/`
-    (`xvlm-edge engines`). Both check the export against `model_dir`'s weights, and need no `model`.
+    intra-op threads; `backend="executorch"` the programs in `model_dir/export/executorch-<precision>/` on CPU
+    (`threads`: ExecuTorch's threadpool); `backend="tensorrt"` the engines built from
+    `model_dir/export/tensorrt-<precision>/` (`xvlm-edge engines`). Each checks the export against `model_dir`'s
+    weights, and needs no `model`.
     `backend="auto"` is torch: an export is a deliberate step, and it is never picked up behind your back.
     """
     if precision not in PRECISIONS:
@@ -72,7 +74,7 @@ def create_runtime(
 
 
 def _exported(backend: str, precision: str, device, model_dir: str | Path | None, threads: int | None) -> Runtime:
-    """The ONNX Runtime or TensorRT runtime of `model_dir`'s export, checked against its weights."""
+    """The ONNX Runtime, ExecuTorch or TensorRT runtime of `model_dir`'s export, checked against its weights."""
     from xvlm_edge.manifest import ExportManifest, export_command, export_dir
 
     if precision not in EXPORTED_PRECISIONS[backend]:
@@ -88,14 +90,22 @@ def _exported(backend: str, precision: str, device, model_dir: str | Path | None
             f"{model_dir} has no {backend} {precision} export ({directory} does not exist)",
             hint="run: " + export_command(model_dir, backend, precision),
         )
+    if backend == "executorch":
+        from xvlm_edge.runtime.executorch_backend import require_executorch
+
+        require_executorch()  # before reading the export: a missing package is the first thing to fix
     manifest = ExportManifest.read(directory)
     manifest.check_weights(model_dir, directory)
+    if backend in ("onnxruntime", "executorch") and device is not None and torch.device(device).type != "cpu":
+        raise BackendUnavailableError(f"the {backend} backend runs on the CPU here, not {device!r}", hint="use device='cpu'")
     if backend == "onnxruntime":
         from xvlm_edge.runtime.onnxruntime_backend import OnnxRuntime
 
-        if device is not None and torch.device(device).type != "cpu":
-            raise BackendUnavailableError(f"the onnxruntime backend runs on the CPU here, not {device!r}", hint="use device='cpu'")
         runtime: Runtime = OnnxRuntime(directory, manifest=manifest, threads=threads)
+    elif backend == "executorch":
+        from xvlm_edge.runtime.executorch_backend import ExecuTorchRuntime
+
+        runtime = ExecuTorchRuntime(directory, manifest=manifest, threads=threads)
     else:
         from xvlm_edge.export.tensorrt import DEFAULT_ENGINE_SUBDIR
         from xvlm_edge.runtime.tensorrt import TensorRTRuntime

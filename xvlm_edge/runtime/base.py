@@ -12,9 +12,11 @@ Tasks never see a backend's internals; backends never know about tasks.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import torch
 
+from xvlm_edge.errors import EngineError
 from xvlm_edge.graphs import (
     CROSS_KV,
     SCORE,
@@ -25,6 +27,7 @@ from xvlm_edge.graphs import (
     TextEncoding,
     decoder_graph,
 )
+from xvlm_edge.manifest import ExportManifest
 
 
 class Runtime(ABC):
@@ -98,6 +101,27 @@ class Runtime(ABC):
         states (B, S, C) projected to cross K/V once, with their mask cross_atts (B, S)."""
         k, v = self.run(decoder_graph(decoder, CROSS_KV), states)
         return DecoderState(self, decoder, CrossKV(k, v), cross_atts.to(self.device))
+
+
+class ExportedRuntime(Runtime):
+    """A runtime over an export directory: which graphs exist, their outputs and the decoders' cache shapes are
+    the manifest's (ONNX Runtime, ExecuTorch)."""
+
+    directory: Path
+    manifest: ExportManifest
+
+    def has(self, graph: str) -> bool:
+        return graph in self.manifest.graphs
+
+    def output_names(self, graph: str) -> tuple[str, ...]:
+        return tuple(self.manifest.graph(graph).outputs)
+
+    def cache_shape(self, decoder: str) -> tuple[int, int, int]:
+        shape = self.manifest.decoders.get(decoder)
+        if shape is None:
+            raise EngineError(f"the export {self.directory} has no {decoder!r} decoder")
+        layers, heads, dim = shape
+        return layers, heads, dim
 
 
 def full_image_atts(rows: int, tokens: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 
 from xvlm_edge.errors import BackendUnavailableError, EngineError
 from xvlm_edge.manifest import ExportManifest
-from xvlm_edge.runtime.base import Runtime
+from xvlm_edge.runtime.base import ExportedRuntime
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def ort_session(path: str | Path, threads: int | None = None, *, optimized_copy:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class OnnxRuntime(Runtime):
+class OnnxRuntime(ExportedRuntime):
     """The graphs of one export directory behind the `Runtime` interface."""
 
     name = "onnxruntime"
@@ -85,9 +85,6 @@ class OnnxRuntime(Runtime):
             "export": str(self.directory),
         }
 
-    def has(self, graph: str) -> bool:
-        return graph in self.manifest.graphs
-
     def session(self, graph: str):
         """The graph's InferenceSession, created on first use."""
         sess = self._sessions.get(graph)
@@ -95,16 +92,6 @@ class OnnxRuntime(Runtime):
             sess = ort_session(self.directory / self.manifest.graph(graph).file, self.threads)
             self._sessions[graph] = sess
         return sess
-
-    def output_names(self, graph: str) -> tuple[str, ...]:
-        return tuple(self.manifest.graph(graph).outputs)
-
-    def cache_shape(self, decoder: str) -> tuple[int, int, int]:
-        shape = self.manifest.decoders.get(decoder)
-        if shape is None:
-            raise EngineError(f"the export {self.directory} has no {decoder!r} decoder")
-        layers, heads, dim = shape
-        return layers, heads, dim
 
     def run(self, graph: str, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         sess = self.session(graph)
