@@ -96,7 +96,7 @@ std::vector<std::string> text_list(const char* const* texts, std::size_t count, 
   return out;
 }
 
-PixelFormat pixel_format(xvlm_pixel_format format) {
+PixelFormat pixel_format(int format) {
   switch (format) {
     case XVLM_PIXEL_RGB: return PixelFormat::RGB;
     case XVLM_PIXEL_BGR: return PixelFormat::BGR;
@@ -105,7 +105,7 @@ PixelFormat pixel_format(xvlm_pixel_format format) {
     case XVLM_PIXEL_GRAY: return PixelFormat::GRAY;
     case XVLM_PIXEL_NV12: return PixelFormat::NV12;
   }
-  throw InputError("format " + std::to_string(static_cast<int>(format)) + " is not an xvlm_pixel_format");
+  throw InputError("format " + std::to_string(format) + " is not an xvlm_pixel_format");
 }
 
 // A {count, items} result the caller frees with its *_free function (calloc'd, as those free() it).
@@ -129,7 +129,7 @@ extern "C" {
 int xvlm_api_version(void) { return XVLM_EDGE_API_VERSION; }
 const char* xvlm_version(void) { return XVLM_EDGE_VERSION; }
 
-const char* xvlm_status_name(xvlm_status status) {
+const char* xvlm_status_name(int status) {
   switch (status) {
     case XVLM_OK: return "XVLM_OK";
     case XVLM_ERR_INVALID_ARGUMENT: return "XVLM_ERR_INVALID_ARGUMENT";
@@ -172,7 +172,7 @@ xvlm_status xvlm_context_create(const xvlm_model* model, xvlm_context** context,
 
 void xvlm_context_destroy(xvlm_context* context) { delete context; }
 
-xvlm_status xvlm_image_from_buffer(const uint8_t* data, size_t size, int width, int height, size_t stride, xvlm_pixel_format format,
+xvlm_status xvlm_image_from_buffer(const uint8_t* data, size_t size, int width, int height, size_t stride, int format,
                                    xvlm_image** image, char** error) {
   return guarded(error, [&] {
     if (data == nullptr) throw InputError("data is NULL");

@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
   ++cases;
   if (xvlm_api_version() != XVLM_EDGE_API_VERSION) ++failures, std::printf("FAIL api version %d\n", xvlm_api_version());
   ++cases;
-  if (std::strcmp(xvlm_status_name(static_cast<xvlm_status>(999)), "unknown status") != 0) ++failures, std::printf("FAIL status name\n");
+  if (std::strcmp(xvlm_status_name(999), "unknown status") != 0) ++failures, std::printf("FAIL status name\n");
   xvlm_error_free(nullptr);
   xvlm_model_close(nullptr);
   xvlm_context_destroy(nullptr);
@@ -142,9 +142,9 @@ int main(int argc, char** argv) {
   // A manifest whose shape disagrees with the program's (the hashes are right: only MethodMeta can tell).
   {
     const std::string dir = broken_copy(source, scratch, "other shape", [](const fs::path&, std::string& m) {
-      // The first 128 after the shape's name is the image side (shapes: pixels [images, 3, 128, 128]).
-      const std::size_t shape = m.find("\"pixels\": [", m.find("\"shapes\""));
-      m.replace(m.find("128", shape), 3, "64");
+      // shapes.pixels is [images, 3, R, R]; R = 7 matches no exported model.
+      const std::size_t open = m.find('[', m.find("\"pixels\": [", m.find("\"shapes\"")));
+      m.replace(open, m.find(']', open) + 1 - open, "[\"images\", 3, 7, 7]");
     });
     expect("manifest shape vs program", XVLM_ERR_MODEL, "dimension 2", [&](char** e) { return open_and_close(dir, e); });
   }
@@ -191,7 +191,7 @@ int main(int argc, char** argv) {
   xvlm_image* out_image = nullptr;
   auto buffer = [&](const std::uint8_t* data, std::size_t size, int w, int h, std::size_t stride, int format, xvlm_image** out) {
     return [=](char** e) {
-      const xvlm_status s = xvlm_image_from_buffer(data, size, w, h, stride, static_cast<xvlm_pixel_format>(format), out, e);
+      const xvlm_status s = xvlm_image_from_buffer(data, size, w, h, stride, format, out, e);
       if (s == XVLM_OK && out) xvlm_image_destroy(*out);
       return s;
     };

@@ -51,8 +51,9 @@ typedef struct xvlm_image xvlm_image;
 /* The XVLM_EDGE_API_VERSION the library was built with, and its release ("0.1.0"). */
 XVLM_EDGE_API int xvlm_api_version(void);
 XVLM_EDGE_API const char* xvlm_version(void);
-/* "XVLM_OK", "XVLM_ERR_TEXT", ...; "unknown status" for any other value. Static storage. */
-XVLM_EDGE_API const char* xvlm_status_name(xvlm_status status);
+/* "XVLM_OK", "XVLM_ERR_TEXT", ...; "unknown status" for any other value. Static storage. An int, so any
+ * value may be asked about (a C++ caller cannot hold an enum value outside its range). */
+XVLM_EDGE_API const char* xvlm_status_name(int status);
 XVLM_EDGE_API void xvlm_error_free(char* error);
 
 /* ---- model and contexts ------------------------------------------------------------------------------ */
@@ -78,9 +79,10 @@ typedef enum xvlm_pixel_format {
 } xvlm_pixel_format;
 
 /* A copy of a raw buffer of `size` bytes: `height` rows `stride` bytes apart (stride >= width x bytes per
- * pixel; the last row needs only its pixels). */
-XVLM_EDGE_API xvlm_status xvlm_image_from_buffer(const uint8_t* data, size_t size, int width, int height, size_t stride,
-                                                 xvlm_pixel_format format, xvlm_image** image, char** error);
+ * pixel; the last row needs only its pixels). `format` is an xvlm_pixel_format, passed as an int so that a
+ * wrong value is refused with a status rather than being undefined behaviour in the library. */
+XVLM_EDGE_API xvlm_status xvlm_image_from_buffer(const uint8_t* data, size_t size, int width, int height, size_t stride, int format,
+                                                 xvlm_image** image, char** error);
 /* A PNG or JPEG file, decoded as the Python package decodes it. */
 XVLM_EDGE_API xvlm_status xvlm_image_from_file(const char* path, xvlm_image** image, char** error);
 XVLM_EDGE_API xvlm_status xvlm_image_size(const xvlm_image* image, int* width, int* height, char** error);

@@ -29,10 +29,12 @@ class Error : public std::runtime_error {
 
 namespace detail {
 
-inline void check(xvlm_status status, char* error) {
+// Takes the message's address, not its value: a call's arguments are evaluated in no fixed order, so the
+// message must be read after the C function has stored it.
+inline void check(xvlm_status status, char** error) {
   if (status == XVLM_OK) return;
-  std::string message = error ? error : xvlm_status_name(status);
-  xvlm_error_free(error);
+  std::string message = *error ? *error : xvlm_status_name(status);
+  xvlm_error_free(*error);
   throw Error(status, message);
 }
 
@@ -48,7 +50,7 @@ class Model {
   static Model open(const std::string& export_dir, int threads = 0) {
     xvlm_model* model = nullptr;
     char* error = nullptr;
-    detail::check(xvlm_model_open(export_dir.c_str(), threads, &model, &error), error);
+    detail::check(xvlm_model_open(export_dir.c_str(), threads, &model, &error), &error);
     return Model(model);
   }
   const xvlm_model* get() const noexcept { return handle_.get(); }
@@ -63,13 +65,13 @@ class Image {
   static Image from_file(const std::string& path) {
     xvlm_image* image = nullptr;
     char* error = nullptr;
-    detail::check(xvlm_image_from_file(path.c_str(), &image, &error), error);
+    detail::check(xvlm_image_from_file(path.c_str(), &image, &error), &error);
     return Image(image);
   }
   static Image from_buffer(const std::uint8_t* data, std::size_t size, int width, int height, std::size_t stride, xvlm_pixel_format format) {
     xvlm_image* image = nullptr;
     char* error = nullptr;
-    detail::check(xvlm_image_from_buffer(data, size, width, height, stride, format, &image, &error), error);
+    detail::check(xvlm_image_from_buffer(data, size, width, height, stride, format, &image, &error), &error);
     return Image(image);
   }
   int width() const { return size().first; }
@@ -81,7 +83,7 @@ class Image {
   std::pair<int, int> size() const {
     int w = 0, h = 0;
     char* error = nullptr;
-    detail::check(xvlm_image_size(handle_.get(), &w, &h, &error), error);
+    detail::check(xvlm_image_size(handle_.get(), &w, &h, &error), &error);
     return {w, h};
   }
   std::unique_ptr<xvlm_image, detail::Deleter<xvlm_image, xvlm_image_destroy>> handle_;
@@ -101,14 +103,14 @@ class Context {
   explicit Context(const Model& model) {
     xvlm_context* context = nullptr;
     char* error = nullptr;
-    detail::check(xvlm_context_create(model.get(), &context, &error), error);
+    detail::check(xvlm_context_create(model.get(), &context, &error), &error);
     handle_.reset(context);
   }
 
   xvlm_verdict check(const Image& image, const std::string& statement, std::optional<double> threshold = std::nullopt) {
     xvlm_verdict verdict{};
     char* error = nullptr;
-    detail::check(xvlm_check(handle_.get(), image.get(), statement.c_str(), threshold ? &*threshold : nullptr, &verdict, &error), error);
+    detail::check(xvlm_check(handle_.get(), image.get(), statement.c_str(), threshold ? &*threshold : nullptr, &verdict, &error), &error);
     return verdict;
   }
 
@@ -116,7 +118,7 @@ class Context {
     const std::vector<const char*> pointers = c_strings(texts);
     xvlm_probabilities* found = nullptr;
     char* error = nullptr;
-    detail::check(xvlm_match(handle_.get(), image.get(), pointers.data(), pointers.size(), &found, &error), error);
+    detail::check(xvlm_match(handle_.get(), image.get(), pointers.data(), pointers.size(), &found, &error), &error);
     std::unique_ptr<xvlm_probabilities, detail::Deleter<xvlm_probabilities, xvlm_probabilities_free>> owned(found);
     return std::vector<double>(found->values, found->values + found->count);
   }
@@ -125,7 +127,7 @@ class Context {
     const std::vector<const char*> pointers = c_strings(phrases);
     xvlm_boxes* found = nullptr;
     char* error = nullptr;
-    detail::check(xvlm_ground(handle_.get(), image.get(), pointers.data(), pointers.size(), &found, &error), error);
+    detail::check(xvlm_ground(handle_.get(), image.get(), pointers.data(), pointers.size(), &found, &error), &error);
     std::unique_ptr<xvlm_boxes, detail::Deleter<xvlm_boxes, xvlm_boxes_free>> owned(found);
     return std::vector<xvlm_box>(found->boxes, found->boxes + found->count);
   }
@@ -133,7 +135,7 @@ class Context {
   Caption caption(const Image& image, const xvlm_caption_options& options = xvlm_caption_options_default()) {
     xvlm_caption* found = nullptr;
     char* error = nullptr;
-    detail::check(xvlm_caption_image(handle_.get(), image.get(), &options, &found, &error), error);
+    detail::check(xvlm_caption_image(handle_.get(), image.get(), &options, &found, &error), &error);
     std::unique_ptr<xvlm_caption, detail::Deleter<xvlm_caption, xvlm_caption_free>> owned(found);
     return Caption{found->text, std::vector<std::int64_t>(found->token_ids, found->token_ids + found->token_count), found->logprob,
                    found->probability, found->truncated != 0};
