@@ -5,8 +5,10 @@
 #include <executorch/runtime/core/hierarchical_allocator.h>
 #include <executorch/runtime/executor/method.h>
 #include <executorch/runtime/executor/program.h>
+#include <executorch/runtime/platform/platform.h>
 #include <executorch/runtime/platform/runtime.h>
 
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -31,6 +33,22 @@ using ::executorch::extension::MallocMemoryAllocator;
 
 std::string error_text(et::Error error) {
   return std::string(et::to_string(error)) + " (ExecuTorch error " + std::to_string(static_cast<int>(error)) + ")";
+}
+
+// ExecuTorch's log sink: its errors reach stderr, its debug and info lines (CPU probing, thread pool
+// resizes, on every model open) do not: a firmware's stderr is for problems. The SDK's own statuses
+// carry every refusal, so nothing here is needed to diagnose one.
+void emit_log(et_timestamp_t, et_pal_log_level_t level, const char* filename, const char*, size_t line, const char* message, size_t length) {
+  if (level != kError && level != kFatal) return;
+  std::fprintf(stderr, "executorch %c %s:%zu] %.*s\n", static_cast<char>(level), filename, line, static_cast<int>(length), message);
+}
+
+void init_runtime_once() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    et::register_pal(et::PalImpl::create(&emit_log, __FILE__));
+    et::runtime_init();
+  });
 }
 
 ScalarType scalar_type(DataType dtype) {
@@ -146,7 +164,7 @@ class ExecuTorchSession final : public GraphSession {
 class ExecuTorchEngine final : public GraphEngine {
  public:
   ExecuTorchEngine(const Manifest& manifest, int threads) {
-    et::runtime_init();
+    init_runtime_once();
     if (threads > 0) {
       auto* pool = ::executorch::extension::threadpool::get_threadpool();
       if (pool == nullptr || !pool->_unsafe_reset_threadpool(static_cast<std::uint32_t>(threads))) {
