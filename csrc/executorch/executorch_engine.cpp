@@ -18,6 +18,7 @@
 namespace executorch::extension::threadpool {
 class ThreadPool {
  public:
+  std::size_t get_thread_count() const;
   bool _unsafe_reset_threadpool(std::uint32_t num_threads);
 };
 ThreadPool* get_threadpool();
@@ -166,8 +167,11 @@ class ExecuTorchEngine final : public GraphEngine {
   ExecuTorchEngine(const Manifest& manifest, int threads) {
     init_runtime_once();
     if (threads > 0) {
+      // Resizing replaces the pool under any method running on it ("unsafe"), so it happens only when the
+      // count changes: models opened with the same count, or 0, never touch a pool in use.
       auto* pool = ::executorch::extension::threadpool::get_threadpool();
-      if (pool == nullptr || !pool->_unsafe_reset_threadpool(static_cast<std::uint32_t>(threads))) {
+      if (pool == nullptr) throw EngineError("ExecuTorch has no thread pool");
+      if (pool->get_thread_count() != static_cast<std::size_t>(threads) && !pool->_unsafe_reset_threadpool(static_cast<std::uint32_t>(threads))) {
         throw EngineError("ExecuTorch could not size its thread pool to " + std::to_string(threads) + " threads");
       }
     }

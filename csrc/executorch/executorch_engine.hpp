@@ -6,7 +6,8 @@
 // The engine owns the Programs (mapped file contents, weights): shared by every session, read-only. A
 // session loads its own Method per graph on first use (its planned arena, XNNPACK's packed weights and
 // runtime), so two sessions never share mutable state. XNNPACK's thread pool is process-wide: `threads`
-// resizes it for every model in the process (as the Python runtime's set_threads does).
+// resizes it for every model in the process (as the Python runtime's set_threads does), which is safe only
+// while no method runs: open models with another count before starting the threads that use them.
 #pragma once
 
 #include <memory>

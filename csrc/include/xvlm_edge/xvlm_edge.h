@@ -60,7 +60,8 @@ XVLM_EDGE_API void xvlm_error_free(char* error);
 
 /* Opens `export_dir` (MODEL_DIR/export/executorch-fp32 or -int8) and verifies it: manifest format and
  * target, the sha256 of every file, the graphs the tasks need and their shapes. threads: CPU threads of the
- * engine (a process-wide pool: the last model opened decides) and of image resizing; 0 = one per core. */
+ * engine (a process-wide pool: the last model opened decides; changing it while another model's context
+ * runs is not safe) and of image resizing; 0 keeps the pool's count (one per core at first). */
 XVLM_EDGE_API xvlm_status xvlm_model_open(const char* export_dir, int threads, xvlm_model** model, char** error);
 XVLM_EDGE_API void xvlm_model_close(xvlm_model* model); /* after every context of the model is destroyed */
 
