@@ -78,11 +78,28 @@ std::size_t code_points(const std::string& text) {
   return static_cast<std::size_t>(std::count_if(text.begin(), text.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
 }
 
+// The parts of the export agree with one another where the tasks rely on it: the config's image side is
+// the vision program's, and every token id the vocabulary can produce indexes the decoder's logits.
+void check_consistent(const Manifest& m, const Tokenizer& tokenizer) {
+  const std::vector<ShapeDim>& pixels = m.graph("vision").inputs.at(0).shape;
+  if (pixels.size() != 4 || pixels[2].size != m.settings.image_res || pixels[3].size != m.settings.image_res) {
+    throw ModelError("the export's config says image_res " + std::to_string(m.settings.image_res) +
+                     ", but the vision program does not take images of that side");
+  }
+  const GraphEntry& step = m.graph("caption_step");
+  const std::vector<ShapeDim>& logits = step.outputs.at(step.output_index("logits")).shape;
+  if (logits.size() != 2 || logits[1].size != static_cast<std::int64_t>(tokenizer.size())) {
+    throw ModelError("the export's vocabulary has " + std::to_string(tokenizer.size()) +
+                     " tokens, but the caption decoder's logits are not that wide");
+  }
+}
+
 }  // namespace
 
 Model::Model(const std::string& export_dir, int threads)
     : manifest_(Manifest::open(export_dir)), tokenizer_(load_tokenizer(manifest_)), threads_(threads) {
   if (threads < 0) throw InputError("threads must be 0 (one per core) or positive, got " + std::to_string(threads));
+  check_consistent(manifest_, tokenizer_);
   engine_ = open_executorch_engine(manifest_, threads);
 }
 

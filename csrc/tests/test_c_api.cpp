@@ -71,6 +71,22 @@ xvlm_status open_and_close(const std::string& dir, char** error) {
   return s;
 }
 
+// Records the changed files' hashes in the manifest, as a tampering exporter would, so that only the checks
+// past the hashes can refuse the directory. Reads each new hash from the SDK's own refusal message.
+void rehash(const std::string& dir) {
+  for (int file = 0; file < 16; ++file) {
+    char* error = nullptr;
+    open_and_close(dir, &error);
+    const std::string message = error ? error : "";
+    xvlm_error_free(error);
+    const std::size_t actual = message.find("sha256 "), recorded = message.find("manifest's ");
+    if (actual == std::string::npos || recorded == std::string::npos) return;
+    std::string manifest = read_file(fs::path(dir) / "manifest.json");
+    replace_once(manifest, message.substr(recorded + 11, 64), message.substr(actual + 7, 64));
+    write_file(fs::path(dir) / "manifest.json", manifest);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -142,34 +158,36 @@ int main(int argc, char** argv) {
   // A manifest whose shape disagrees with the program's (the hashes are right: only MethodMeta can tell).
   {
     const std::string dir = broken_copy(source, scratch, "other shape", [](const fs::path&, std::string& m) {
-      // shapes.pixels is [images, 3, R, R]; R = 7 matches no exported model.
-      const std::size_t open = m.find('[', m.find("\"pixels\": [", m.find("\"shapes\"")));
-      m.replace(open, m.find(']', open) + 1 - open, "[\"images\", 3, 7, 7]");
+      // The text graph's shapes.text_embeds is [rows, tokens, hidden]; hidden 7 matches no exported model.
+      const std::size_t open = m.find('[', m.find("\"text_embeds\": [", m.find("\"shapes\"")));
+      m.replace(open, m.find(']', open) + 1 - open, "[\"rows\", \"tokens\", 7]");
     });
     expect("manifest shape vs program", XVLM_ERR_MODEL, "dimension 2", [&](char** e) { return open_and_close(dir, e); });
   }
-  // A truncated program whose manifest hash was updated to match: the program loader must refuse it.
+  // Files changed behind hashes that were updated to match: the checks past the hashes must refuse them.
+  const std::vector<Broken> rehashed = {
+      {"truncated program", "vision.pte",
+       [](const fs::path& d, std::string&) {
+         const std::string pte = read_file(d / "vision.pte");
+         write_file(d / "vision.pte", pte.substr(0, pte.size() / 3));
+       }},
+      {"garbage program", "not a loadable ExecuTorch program",
+       [](const fs::path& d, std::string&) { write_file(d / "text.pte", std::string(4096, 'x')); }},
+      {"vocabulary wider than the logits", "logits are not that wide",
+       [](const fs::path& d, std::string&) { write_file(d / "vocab.txt", read_file(d / "vocab.txt") + "extra\n"); }},
+      {"unusable vocabulary", "vocabulary is unusable", [](const fs::path& d, std::string&) { write_file(d / "vocab.txt", "a\nb\n"); }},
+  };
+  for (const Broken& b : rehashed) {
+    const std::string dir = broken_copy(source, scratch, b.name, b.edit);
+    rehash(dir);
+    expect(b.name, XVLM_ERR_MODEL, b.needle, [&](char** e) { return open_and_close(dir, e); });
+  }
   {
-    const std::string dir = broken_copy(source, scratch, "truncated program", [](const fs::path& d, std::string& m) {
-      const std::string pte = read_file(d / "vision.pte");
-      write_file(d / "vision.pte", pte.substr(0, pte.size() / 3));
-      (void)m;
+    const std::string dir = broken_copy(source, scratch, "other image side", [](const fs::path&, std::string& m) {
+      const std::size_t at = m.find("\"image_res\": ") + 13;
+      m.replace(at, m.find(',', at) - at, "7");
     });
-    // Rewrite the recorded hash with the truncated file's, through the SDK's own refusal message.
-    char* error = nullptr;
-    open_and_close(dir, &error);
-    std::string message = error ? error : "";
-    xvlm_error_free(error);
-    const std::size_t at = message.find("sha256 ");
-    if (at != std::string::npos) {
-      const std::string actual = message.substr(at + 7, 64);
-      const std::size_t old_at = message.find("manifest's ");
-      const std::string recorded = message.substr(old_at + 11, 64);
-      std::string manifest = read_file(fs::path(dir) / "manifest.json");
-      replace_once(manifest, recorded, actual);
-      write_file(fs::path(dir) / "manifest.json", manifest);
-    }
-    expect("truncated program", XVLM_ERR_MODEL, "vision.pte", [&](char** e) { return open_and_close(dir, e); });
+    expect("config's image side vs the program's", XVLM_ERR_MODEL, "image_res 7", [&](char** e) { return open_and_close(dir, e); });
   }
 
   xvlm_model* model = nullptr;
