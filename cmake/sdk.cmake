@@ -59,3 +59,8 @@ if(XVLM_EDGE_BUILD_TESTS)
     target_compile_options(xvlm_edge_${_test} PRIVATE $<$<CXX_COMPILER_ID:GNU,Clang>:-Wall -Wextra>)
   endforeach()
 endif()
+
+# The SDK's benchmark program, driven by benchmarks/bench_sdk.py (latency and peak RSS against the Python package).
+add_executable(xvlm-bench benchmarks/bench_sdk.cpp)
+target_link_libraries(xvlm-bench PRIVATE xvlm_edge_sdk)
+target_compile_options(xvlm-bench PRIVATE $<$<CXX_COMPILER_ID:GNU,Clang>:-O2 -Wall -Wextra>)
