@@ -29,6 +29,7 @@ add_library(xvlm_edge_sdk SHARED
   ${_sdk}/manifest.cpp
   ${_sdk}/bounded_calls.cpp
   ${_sdk}/decoding.cpp
+  ${_sdk}/answering.cpp
   ${_sdk}/model.cpp
   ${_sdk}/c_api.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/csrc/executorch/executorch_engine.cpp)

@@ -3,6 +3,10 @@
 //   xvlm-lamp check IMAGE "there are three stars" --model DIR [--threshold T]
 //   xvlm-lamp caption IMAGE --model DIR [--beams N] [--max-length N]
 //   xvlm-lamp ground IMAGE PHRASE... --model DIR
+//   xvlm-lamp answer IMAGE "what shape is the red object?" --model DIR [--answers A B ...] [-k N]
+//
+// answer ranks the given answers, else the model's answer list, else generates the answer (needs an export
+// of a checkpoint with the vqa head).
 //
 // DIR is an ExecuTorch export (MODEL_DIR/export/executorch-fp32). Prints one JSON document to stdout;
 // errors go to stderr as one line. Exit status: 0 done, 2 a mistake in the arguments or inputs (bad
@@ -20,7 +24,8 @@ namespace {
 constexpr const char* kUsage =
     "usage: xvlm-lamp check IMAGE STATEMENT --model DIR [--threshold T] [--threads N]\n"
     "       xvlm-lamp caption IMAGE --model DIR [--beams N] [--max-length N] [--threads N]\n"
-    "       xvlm-lamp ground IMAGE PHRASE... --model DIR [--threads N]\n";
+    "       xvlm-lamp ground IMAGE PHRASE... --model DIR [--threads N]\n"
+    "       xvlm-lamp answer IMAGE QUESTION --model DIR [--answers A B ...] [-k N] [--threads N]\n";
 
 struct UsageError {
   std::string message;
@@ -29,8 +34,9 @@ struct UsageError {
 struct Arguments {
   std::string command, image, model;
   std::vector<std::string> texts;
+  std::optional<std::vector<std::string>> answers;  // --answers
   const char* threshold = nullptr;
-  int beams = -1, max_length = -1, threads = 0;
+  int beams = -1, max_length = -1, threads = 0, k = -1;
 };
 
 int parse_int(const std::string& option, const char* text) {
@@ -55,6 +61,12 @@ Arguments parse(int argc, char** argv) {
     else if (arg == "--beams") a.beams = parse_int(arg, value());
     else if (arg == "--max-length") a.max_length = parse_int(arg, value());
     else if (arg == "--threads") a.threads = parse_int(arg, value());
+    else if (arg == "-k") a.k = parse_int(arg, value());
+    else if (arg == "--answers") {
+      a.answers.emplace();
+      while (i + 1 < argc && std::string(argv[i + 1]).rfind("-", 0) != 0) a.answers->push_back(argv[++i]);
+      if (a.answers->empty()) throw UsageError{"--answers needs at least one answer"};
+    }
     else if (arg == "-h" || arg == "--help") throw UsageError{""};
     else if (arg.rfind("--", 0) == 0) throw UsageError{"unknown option " + arg};
     else positional.push_back(arg);
@@ -64,9 +76,13 @@ Arguments parse(int argc, char** argv) {
   a.image = positional[1];
   a.texts.assign(positional.begin() + 2, positional.end());
   if (a.model.empty()) throw UsageError{"--model DIR is required (an export: MODEL_DIR/export/executorch-fp32)"};
-  const bool texts_ok = a.command == "check" ? a.texts.size() == 1 : a.command == "ground" ? !a.texts.empty() : a.texts.empty();
-  if (a.command != "check" && a.command != "caption" && a.command != "ground") throw UsageError{"unknown command " + a.command};
-  if (!texts_ok) throw UsageError{a.command == "check" ? "check takes one statement" : a.command == "ground" ? "ground takes phrases" : "caption takes no text"};
+  const bool one_text = a.command == "check" || a.command == "answer";
+  const bool texts_ok = one_text ? a.texts.size() == 1 : a.command == "ground" ? !a.texts.empty() : a.texts.empty();
+  if (a.command != "check" && a.command != "caption" && a.command != "ground" && a.command != "answer") throw UsageError{"unknown command " + a.command};
+  if (!texts_ok) {
+    throw UsageError{a.command == "check" ? "check takes one statement" : a.command == "answer" ? "answer takes one question" : a.command == "ground" ? "ground takes phrases" : "caption takes no text"};
+  }
+  if ((a.answers || a.k != -1) && a.command != "answer") throw UsageError{"--answers and -k apply to answer"};
   if (a.threshold && a.command != "check") throw UsageError{"--threshold applies to check"};
   if ((a.beams != -1 || a.max_length != -1) && a.command != "caption") throw UsageError{"--beams and --max-length apply to caption"};
   return a;
@@ -124,6 +140,20 @@ std::string run(const Arguments& a) {
     for (std::int64_t id : c.token_ids) ids += (ids.empty() ? "" : ", ") + std::to_string(id);
     return "{\"caption\": " + quoted(c.text) + ", \"token_ids\": [" + ids + "], \"logprob\": " + number(c.logprob) + ", \"probability\": " +
            number(c.probability) + ", \"truncated\": " + (c.truncated ? "true" : "false") + "}";
+  }
+  if (a.command == "answer") {
+    const xvlm::Answers found = context.answer(image, a.texts[0], a.answers, a.k);
+    const xvlm::Answer& best = found.answers.at(0);
+    auto share = [&](const xvlm::Answer& x) { return found.ranked ? number(x.share) : std::string("null"); };
+    std::string candidates;
+    for (std::size_t i = 0; found.ranked && i < found.answers.size(); ++i) {
+      const xvlm::Answer& x = found.answers[i];
+      candidates += std::string(i ? ", " : "") + "{\"answer\": " + quoted(x.text) + ", \"probability\": " + number(x.probability) +
+                    ", \"logprob\": " + number(x.logprob) + ", \"share\": " + share(x) + "}";
+    }
+    return "{\"question\": " + quoted(a.texts[0]) + ", \"answer\": " + quoted(best.text) + ", \"probability\": " + number(best.probability) +
+           ", \"logprob\": " + number(best.logprob) + ", \"share\": " + share(best) + ", \"ranked\": " + (found.ranked ? "true" : "false") +
+           ", \"candidates\": [" + candidates + "]}";
   }
   const std::vector<xvlm_box> boxes = context.ground(image, a.texts);
   std::string out = "{\"width\": " + std::to_string(image.width()) + ", \"height\": " + std::to_string(image.height()) + ", \"boxes\": [";

@@ -36,19 +36,25 @@ FusionHeads fuse_texts(GraphSession& session, const Manifest& manifest, const Te
   return {concat(logits, 0), concat(boxes, 0)};
 }
 
-CrossKV caption_cross_kv(GraphSession& session, const Tensor& image_embeds) {
-  std::vector<Tensor> out = session.run("caption_cross_kv", {&image_embeds});
+Tensor question_states(GraphSession& session, const Tensor& image_embeds, const Tensor& ids, const Tensor& atts) {
+  const Tensor image_index = Tensor::filled({1}, std::int64_t{0});
+  const Tensor image_atts = Tensor::filled({1, image_embeds.dim(1)}, std::int64_t{1});  // whole image
+  return std::move(session.run("multimodal", {&ids, &atts, &image_embeds, &image_index, &image_atts}).at(0));
+}
+
+CrossKV cross_kv(GraphSession& session, const std::string& decoder, const Tensor& states) {
+  std::vector<Tensor> out = session.run(decoder + "_cross_kv", {&states});
   return {std::move(out.at(0)), std::move(out.at(1))};
 }
 
-StepOutput caption_step(GraphSession& session, const Manifest& manifest, const Tensor& ids, const Tensor& self_atts, const Tensor& cache_k,
-                        const Tensor& cache_v, const CrossKV& cross) {
+StepOutput decoder_step(GraphSession& session, const Manifest& manifest, const std::string& graph, const Tensor& ids, const Tensor& self_atts,
+                        const Tensor& cache_k, const Tensor& cache_v, const CrossKV& cross) {
   const std::int64_t rows = ids.dim(0);
-  const std::int64_t step = manifest.graph("caption_step").bound("rows").max;
+  const std::int64_t step = manifest.graph(graph).bound("rows").max;
   const std::int64_t keys = cross.k.dim(3);
   auto run = [&](const Tensor& i, const Tensor& a, const Tensor& k, const Tensor& v) {
     const Tensor cross_atts = Tensor::filled({i.dim(0), keys}, std::int64_t{1});
-    std::vector<Tensor> out = session.run("caption_step", {&i, &a, &k, &v, &cross.k, &cross.v, &cross_atts});
+    std::vector<Tensor> out = session.run(graph, {&i, &a, &k, &v, &cross.k, &cross.v, &cross_atts});
     return StepOutput{std::move(out.at(0)), std::move(out.at(1)), std::move(out.at(2))};
   };
   if (rows <= step) return run(ids, self_atts, cache_k, cache_v);

@@ -4,10 +4,11 @@
 // independently, so cutting changes no result. Calls past a bound that cannot be cut (tokens, the decoder's
 // cached + new tokens) are left to the engine, which refuses them naming the bound.
 //
-// Every function works on one image: the SDK's C API takes one image per call.
+// Every function works on one image (VQA: one question): the SDK's C API takes one of each per call.
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "graph_engine.hpp"
@@ -30,21 +31,29 @@ struct FusionHeads {
 };
 FusionHeads fuse_texts(GraphSession& session, const Manifest& manifest, const Tensor& image_embeds, const Tensor& ids, const Tensor& atts);
 
-// The caption decoder's cross-attention K/V of one image: (layers, 1, heads, 1 + N, d) each.
+// The VQA question encoder (`multimodal`): one question's ids, atts (1, T) over one image's embeds
+// (1, 1 + N, C) -> its states (1, T, hidden), every text layer with image cross-attention.
+Tensor question_states(GraphSession& session, const Tensor& image_embeds, const Tensor& ids, const Tensor& atts);
+
+// A decoder's cross-attention K/V of one image or question (`<decoder>_cross_kv` of `states` (1, S, C)):
+// (layers, 1, heads, S, d) each. The caption decoder's keys are the image's 1 + N tokens, the answer
+// decoder's the question's T tokens.
 struct CrossKV {
   Tensor k;
   Tensor v;
 };
-CrossKV caption_cross_kv(GraphSession& session, const Tensor& image_embeds);
+CrossKV cross_kv(GraphSession& session, const std::string& decoder, const Tensor& states);
 
-// One decoder step of R rows that all read `cross`: ids (R, t), self_atts (R, past + t), the cache
-// (layers, R, heads, past, d) x2 -> logits (R, vocab) and the cache extended to past + t.
+// One call of a decoder graph (`caption_step`, `answer_step`, `answer_score`) over R rows that all read
+// `cross` (every key visible): ids (R, t), self_atts (R, past + t), the cache (layers, R, heads, past, d)
+// x2 -> logits (R, vocab) from a step graph or (R, t, vocab) from a score graph, and the cache extended to
+// past + t. Cut into pieces of at most the graph's `rows` bound.
 struct StepOutput {
   Tensor logits;
   Tensor cache_k;
   Tensor cache_v;
 };
-StepOutput caption_step(GraphSession& session, const Manifest& manifest, const Tensor& ids, const Tensor& self_atts, const Tensor& cache_k,
-                        const Tensor& cache_v, const CrossKV& cross);
+StepOutput decoder_step(GraphSession& session, const Manifest& manifest, const std::string& graph, const Tensor& ids, const Tensor& self_atts,
+                        const Tensor& cache_k, const Tensor& cache_v, const CrossKV& cross);
 
 }  // namespace xvlm_edge::sdk

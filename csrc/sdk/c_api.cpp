@@ -295,4 +295,41 @@ void xvlm_caption_free(xvlm_caption* caption) {
   std::free(caption);
 }
 
+xvlm_status xvlm_answer(xvlm_context* context, const xvlm_image* image, const char* question, const char* const* answers, size_t count, int k,
+                        xvlm_answers** out, char** error) {
+  return guarded(error, [&] {
+    xvlm_context& c = required(context, "context");
+    const xvlm_image& i = required(image, "image");
+    const std::string text = text_argument(question, "question");
+    require_out(out, "answers output");
+    if (answers == nullptr && count != 0) throw InputError("answers is NULL but count is " + std::to_string(count) + "; pass count 0 for the model's answer list");
+    if (answers != nullptr && count == 0) throw InputError("no answers given (count 0); pass answers NULL for the model's answer list");
+    if (count > sdk::kMaxAnswers) {
+      throw sdk::LimitError(std::to_string(count) + " answers in one call; the SDK takes at most " + std::to_string(sdk::kMaxAnswers));
+    }
+    std::vector<std::string> list;
+    for (std::size_t a = 0; a < count; ++a) list.push_back(text_argument(answers[a], "answers[" + std::to_string(a) + "]"));
+    const sdk::Answer found = c.context->answer(i.image, text, answers ? &list : nullptr, k);
+    std::vector<sdk::RankedAnswer> rows = found.candidates;
+    if (!found.ranked) rows.push_back({found.text, found.probability, found.logprob, -1.0});
+    xvlm_answers* made = result_array(rows.size(), &xvlm_answers::answers);
+    made->ranked = found.ranked ? 1 : 0;
+    for (std::size_t a = 0; a < rows.size(); ++a) {
+      made->answers[a] = {copy_string(rows[a].text), rows[a].probability, rows[a].logprob, rows[a].share};
+      if (!made->answers[a].text) {
+        xvlm_answers_free(made);
+        throw std::bad_alloc();
+      }
+    }
+    *out = made;
+  });
+}
+
+void xvlm_answers_free(xvlm_answers* answers) {
+  if (!answers) return;
+  for (std::size_t a = 0; a < answers->count; ++a) std::free(answers->answers[a].text);
+  std::free(answers->answers);
+  std::free(answers);
+}
+
 }  // extern "C"

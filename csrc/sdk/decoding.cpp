@@ -6,9 +6,6 @@
 #include <numeric>
 
 namespace xvlm_edge::sdk {
-namespace {
-
-// torch's log_softmax of one row, in float32: (x - max) - log(sum exp(x - max)).
 void log_softmax(const float* x, std::int64_t n, float* out) {
   const float top = *std::max_element(x, x + n);
   double sum = 0.0;
@@ -16,6 +13,8 @@ void log_softmax(const float* x, std::int64_t n, float* out) {
   const float lse = static_cast<float>(std::log(sum));
   for (std::int64_t i = 0; i < n; ++i) out[i] = (x[i] - top) - lse;
 }
+
+namespace {
 
 // HF 4.12 BeamHypotheses: the n best finished sequences, scored sum logprob / length (length_penalty 1).
 class Hypotheses {
@@ -66,37 +65,41 @@ Tensor ids_tensor(const std::vector<std::int64_t>& ids, std::int64_t rows) {
 
 }  // namespace
 
-CaptionDecoder::CaptionDecoder(GraphSession& session, const Manifest& manifest, const Tensor& image_embeds)
-    : session_(session), manifest_(manifest), cross_(caption_cross_kv(session, image_embeds)) {}
+StepDecoder::StepDecoder(GraphSession& session, const Manifest& manifest, std::string decoder, CacheShape cache, const Tensor& states)
+    : session_(session), manifest_(manifest), decoder_(std::move(decoder)), cache_shape_(cache), cross_(cross_kv(session, decoder_, states)) {}
 
-Tensor CaptionDecoder::start(const std::vector<std::int64_t>& prompt) {
-  const auto& [layers, heads, dim] = manifest_.caption_cache;
+Tensor StepDecoder::start(const std::vector<std::int64_t>& prompt) {
+  const auto& [layers, heads, dim] = cache_shape_;
   cache_k_ = Tensor(DataType::kFloat32, {layers, 1, heads, 0, dim});
   cache_v_ = cache_k_;
   length_ = 0;
-  return run(ids_tensor(prompt, 1));
+  return feed_all(ids_tensor(prompt, 1));
 }
 
-Tensor CaptionDecoder::feed(const std::vector<std::int64_t>& tokens) {
-  return run(ids_tensor(tokens, static_cast<std::int64_t>(tokens.size())));
+Tensor StepDecoder::feed(const std::vector<std::int64_t>& tokens) { return feed_all(ids_tensor(tokens, static_cast<std::int64_t>(tokens.size()))); }
+
+Tensor StepDecoder::feed_all(const Tensor& ids) {
+  // All ones, as the official prepare_inputs_for_generation: every cached token stays visible.
+  const Tensor self_atts = Tensor::filled({ids.dim(0), length_ + ids.dim(1)}, std::int64_t{1});
+  return run(decoder_ + "_step", ids, self_atts);
 }
 
-void CaptionDecoder::reorder(const std::vector<std::int64_t>& rows) {
+Tensor StepDecoder::score(const Tensor& ids, const Tensor& self_atts) { return run(decoder_ + "_score", ids, self_atts); }
+
+void StepDecoder::reorder(const std::vector<std::int64_t>& rows) {
   cache_k_ = gather(cache_k_, 1, rows);
   cache_v_ = gather(cache_v_, 1, rows);
 }
 
-Tensor CaptionDecoder::run(const Tensor& ids) {
+Tensor StepDecoder::run(const std::string& graph, const Tensor& ids, const Tensor& self_atts) {
+  StepOutput out = decoder_step(session_, manifest_, graph, ids, self_atts, cache_k_, cache_v_, cross_);
   length_ += ids.dim(1);
-  // All ones, as the official prepare_inputs_for_generation: every cached token stays visible.
-  const Tensor self_atts = Tensor::filled({ids.dim(0), length_}, std::int64_t{1});
-  StepOutput out = caption_step(session_, manifest_, ids, self_atts, cache_k_, cache_v_, cross_);
   cache_k_ = std::move(out.cache_k);
   cache_v_ = std::move(out.cache_v);
   return std::move(out.logits);
 }
 
-Generated greedy(CaptionDecoder& decoder, const std::vector<std::int64_t>& prompt, int max_length, std::int64_t eos_id) {
+Generated greedy(StepDecoder& decoder, const std::vector<std::int64_t>& prompt, int max_length, std::int64_t eos_id) {
   Generated out;
   out.ids = prompt;
   Tensor logits = decoder.start(prompt);
@@ -122,7 +125,7 @@ Generated greedy(CaptionDecoder& decoder, const std::vector<std::int64_t>& promp
   return out;
 }
 
-Generated beam_search(CaptionDecoder& decoder, const std::vector<std::int64_t>& prompt, int num_beams, int max_length, int min_length,
+Generated beam_search(StepDecoder& decoder, const std::vector<std::int64_t>& prompt, int num_beams, int max_length, int min_length,
                       std::int64_t eos_id) {
   const std::size_t n = static_cast<std::size_t>(num_beams);
   // The prompt runs once and its cache is copied to the beams (HF runs it per beam; the rows are equal).

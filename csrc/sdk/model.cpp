@@ -100,6 +100,7 @@ Model::Model(const std::string& export_dir, int threads)
     : manifest_(Manifest::open(export_dir)), tokenizer_(load_tokenizer(manifest_)), threads_(threads) {
   if (threads < 0) throw InputError("threads must be 0 (one per core) or positive, got " + std::to_string(threads));
   check_consistent(manifest_, tokenizer_);
+  answer_ = load_answer_setup(manifest_, tokenizer_);
   engine_ = open_executorch_engine(manifest_, threads);
 }
 
@@ -194,7 +195,7 @@ Caption Context::caption(const Image& image, const CaptionOptions& options) {
   }
   const int min_length = options.min_length == -1 ? std::min(s.caption_min_length, max_length) : options.min_length;
 
-  CaptionDecoder decoder(*session_, model_.manifest_, image_embeds(image));
+  StepDecoder decoder(*session_, model_.manifest_, "caption", model_.manifest_.caption_cache, image_embeds(image));
   const std::int64_t eos = model_.tokenizer_.sep_id();
   const Generated g = beams == 1 ? greedy(decoder, prompt, max_length, eos) : beam_search(decoder, prompt, beams, max_length, min_length, eos);
   Caption c;
@@ -204,6 +205,78 @@ Caption Context::caption(const Image& image, const CaptionOptions& options) {
   c.probability = std::exp(g.logprob);
   c.truncated = g.truncated;
   return c;
+}
+
+Answer Context::answer(const Image& image, const std::string& question, const std::vector<std::string>* answers, int k) {
+  const AnswerSetup* setup = model_.answer_setup();
+  if (!setup) {
+    throw ModelError("the export " + model_.manifest_.directory + " has no answer decoder (multimodal and answer_* graphs): "
+                     "export a checkpoint with the vqa head to answer questions");
+  }
+  check_texts({question}, "questions");
+  const Tokenizer& tokenizer = model_.tokenizer_;
+  const std::string cleaned = pre_question(question);
+  if (cleaned.find_first_not_of(" \t\n\r\f\v") == std::string::npos) throw TextError("question \"" + question.substr(0, 80) + "\" is empty after question cleaning");
+  std::vector<std::vector<std::int64_t>> given;
+  if (answers) {
+    if (answers->empty()) throw InputError("no answers given (count 0); pass NULL to rank the export's answer list");
+    if (answers->size() > kMaxAnswers) {
+      throw LimitError(std::to_string(answers->size()) + " answers in one call; the SDK takes at most " + std::to_string(kMaxAnswers));
+    }
+    for (std::size_t i = 0; i < answers->size(); ++i) {
+      const std::string& a = (*answers)[i];
+      if (a.size() > kMaxTextBytes) {
+        throw LimitError("answers[" + std::to_string(i) + "] is " + std::to_string(a.size()) + " bytes; the SDK takes at most " + std::to_string(kMaxTextBytes));
+      }
+      try {
+        given.push_back(encode_answer(tokenizer, a));
+      } catch (const TextError& e) {
+        throw TextError("answers[" + std::to_string(i) + "]: " + e.what());
+      }
+      if (static_cast<std::int64_t>(given.back().size()) - 1 > model_.manifest_.limits.decoder_tokens) {
+        throw LimitError("answers[" + std::to_string(i) + "] has " + std::to_string(given.back().size()) + " tokens with [CLS] and [SEP]; re-scoring it needs " +
+                         std::to_string(given.back().size() - 1) + " decoder tokens, past the export's bound of " +
+                         std::to_string(model_.manifest_.limits.decoder_tokens));
+      }
+    }
+  }
+  const std::vector<std::string>& candidates = answers ? *answers : setup->answer_list;
+  const bool generate = candidates.empty();
+  if (generate && k != -1) {
+    throw InputError("k ranks candidate answers, but this call generates: no answers given and the export has no answer list (pass k -1)");
+  }
+  if (k != -1 && k < 1) throw InputError("k must be from 1 to " + std::to_string(kMaxAnswerK) + " (or -1 for the default), got " + std::to_string(k));
+  if (k > kMaxAnswerK) throw LimitError("k " + std::to_string(k) + " is past the SDK's limit of " + std::to_string(kMaxAnswerK) + " candidates re-scored");
+  const std::int64_t longest = model_.manifest_.limits.decoder_tokens;
+  if (generate && setup->max_new_tokens > longest) {
+    throw LimitError("the config's tasks.answer_max_length " + std::to_string(setup->max_new_tokens) + " is past the export's bound of " +
+                     std::to_string(longest) + " decoder tokens (re-export with larger bounds)");
+  }
+
+  const std::vector<std::int64_t> ids = tokenizer.encode(cleaned, model_.manifest_.settings.max_tokens);
+  const std::int64_t t = static_cast<std::int64_t>(ids.size());
+  Tensor question_ids(DataType::kInt64, {1, t});
+  std::copy(ids.begin(), ids.end(), question_ids.data<std::int64_t>());
+  const Tensor question_atts = Tensor::filled({1, t}, std::int64_t{1});
+  const Tensor states = question_states(*session_, image_embeds(image), question_ids, question_atts);
+  StepDecoder decoder(*session_, model_.manifest_, "answer", setup->cache, states);
+
+  Answer out;
+  if (generate) {
+    const Generated g = greedy(decoder, {tokenizer.cls_id()}, 1 + setup->max_new_tokens, tokenizer.sep_id());
+    out.text = tokenizer.decode(g.ids);
+    out.logprob = g.logprob;
+    out.probability = std::exp(g.logprob);
+    return out;
+  }
+  const std::vector<Scored> scored =
+      rank_answers(decoder, answers ? given : setup->list_ids, k == -1 ? setup->k_test : k, tokenizer.pad_id(), longest);
+  out.ranked = true;
+  for (const Scored& s : scored) out.candidates.push_back({candidates[s.index], std::exp(s.logprob), s.logprob, s.share});
+  out.text = out.candidates.front().text;
+  out.probability = out.candidates.front().probability;
+  out.logprob = out.candidates.front().logprob;
+  return out;
 }
 
 }  // namespace xvlm_edge::sdk

@@ -2,9 +2,11 @@
 // problem, never a crash (the ASan + UBSan build runs the same cases). A few valid calls check that the
 // handles still work after the refusals.
 //
-//   xvlm_edge_test_c_api EXPORT_DIR IMAGE.png SCRATCH_DIR
+//   xvlm_edge_test_c_api EXPORT_DIR IMAGE.png SCRATCH_DIR [VQA_EXPORT_DIR]
 //
-// SCRATCH_DIR receives broken copies of the export (a wrong hash, a truncated program, ...).
+// SCRATCH_DIR receives broken copies of the export (a wrong hash, a truncated program, ...). EXPORT_DIR has
+// no answer decoder; VQA_EXPORT_DIR, when given, is an export with one and an answer list of at least 9
+// answers, for the answer cases past the model check.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -90,8 +92,8 @@ void rehash(const std::string& dir) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 4) {
-    std::fprintf(stderr, "usage: %s EXPORT_DIR IMAGE.png SCRATCH_DIR\n", argv[0]);
+  if (argc != 4 && argc != 5) {
+    std::fprintf(stderr, "usage: %s EXPORT_DIR IMAGE.png SCRATCH_DIR [VQA_EXPORT_DIR]\n", argv[0]);
     return 2;
   }
   const std::string export_dir = argv[1], image_path = argv[2];
@@ -110,6 +112,7 @@ int main(int argc, char** argv) {
   xvlm_probabilities_free(nullptr);
   xvlm_boxes_free(nullptr);
   xvlm_caption_free(nullptr);
+  xvlm_answers_free(nullptr);
 
   // ---- opening a model
   xvlm_model* out_model = nullptr;
@@ -313,6 +316,63 @@ int main(int argc, char** argv) {
     if (s == XVLM_OK) xvlm_caption_free(caption);
     return s;
   });
+
+  // ---- answer
+  xvlm_answers* answers = nullptr;
+  auto answer = [&](xvlm_context* c, const xvlm_image* i, const char* question, const char* const* list, std::size_t count, int k) {
+    return [=, &answers](char** e) {
+      const xvlm_status s = xvlm_answer(c, i, question, list, count, k, &answers, e);
+      if (s == XVLM_OK) xvlm_answers_free(answers);
+      return s;
+    };
+  };
+  const char* colours[] = {"red", "blue", "green", "yellow", "pink", "purple", "orange", "cyan", "black", "white"};
+  expect("answer without a vqa head", XVLM_ERR_MODEL, "no answer decoder", answer(context, image, "what color?", colours, 3, -1));
+  expect("answer NULL context", XVLM_ERR_INVALID_ARGUMENT, "context is NULL", answer(nullptr, image, "what color?", nullptr, 0, -1));
+  expect("answer NULL image", XVLM_ERR_INVALID_ARGUMENT, "image is NULL", answer(context, nullptr, "what color?", nullptr, 0, -1));
+  expect("answer NULL question", XVLM_ERR_INVALID_ARGUMENT, "question is NULL", answer(context, image, nullptr, nullptr, 0, -1));
+  expect("answer NULL out", XVLM_ERR_INVALID_ARGUMENT, "answers output", [&](char** e) { return xvlm_answer(context, image, "what?", nullptr, 0, -1, nullptr, e); });
+  expect("answer NULL list, count 3", XVLM_ERR_INVALID_ARGUMENT, "answers is NULL", answer(context, image, "what color?", nullptr, 3, -1));
+  expect("answer list, count 0", XVLM_ERR_INVALID_ARGUMENT, "count 0", answer(context, image, "what color?", colours, 0, -1));
+  expect("answer NULL answer", XVLM_ERR_INVALID_ARGUMENT, "answers[1] is NULL", answer(context, image, "what color?", texts, 3, -1));
+  expect("answer 100k-character question", XVLM_ERR_LIMIT, "4096 bytes", answer(context, image, long_text.c_str(), nullptr, 0, -1));
+  expect("answer 65537 answers", XVLM_ERR_LIMIT, "at most 65536", answer(context, image, "what?", colours, 65537, -1));
+  if (argc == 5) {
+    xvlm_model* vqa = nullptr;
+    xvlm_context* asking = nullptr;
+    expect("open a vqa export", XVLM_OK, "", [&](char** e) { return xvlm_model_open(argv[4], 1, &vqa, e); });
+    expect("vqa context", XVLM_OK, "", [&](char** e) { return xvlm_context_create(vqa, &asking, e); });
+    std::vector<std::string> words;
+    for (int w = 0; w < 45; ++w) words.push_back("w" + std::to_string(w));
+    std::string forty_five;
+    for (const std::string& w : words) forty_five += w + " ";
+    const char* too_long[] = {"red", forty_five.c_str()};
+    const char* bad_answers[] = {"red", "bl\xffue"};
+    expect("answer empty question", XVLM_ERR_TEXT, "empty", answer(asking, image, "", colours, 3, -1));
+    expect("answer punctuation-only question", XVLM_ERR_TEXT, "empty", answer(asking, image, "?!", nullptr, 0, -1));
+    expect("answer invalid UTF-8 question", XVLM_ERR_TEXT, "UTF-8", answer(asking, image, "what \xff color?", nullptr, 0, -1));
+    expect("answer invalid UTF-8 answer", XVLM_ERR_TEXT, "answers[1]", answer(asking, image, "what color?", bad_answers, 2, -1));
+    expect("answer past the decoder bound", XVLM_ERR_LIMIT, "answers[1]", answer(asking, image, "what color?", too_long, 2, -1));
+    expect("answer k 0", XVLM_ERR_INVALID_ARGUMENT, "k must be", answer(asking, image, "what color?", colours, 3, 0));
+    expect("answer k -2", XVLM_ERR_INVALID_ARGUMENT, "k must be", answer(asking, image, "what color?", colours, 3, -2));
+    expect("answer k 129", XVLM_ERR_LIMIT, "k 129", answer(asking, image, "what color?", colours, 3, 129));
+    expect("answer ranked, k past the count", XVLM_OK, "", answer(asking, image, "what color?", colours, 3, 5));
+    // 10 answers, k 10: past the export's 8 decoder rows, so re-scoring is cut in two.
+    expect("answer 10 ranked", XVLM_OK, "", [&](char** e) {
+      const xvlm_status s = xvlm_answer(asking, image, "what color is the circle?", colours, 10, 10, &answers, e);
+      double total = 0.0;
+      for (std::size_t a = 0; s == XVLM_OK && a < answers->count; ++a) total += answers->answers[a].share;
+      if (s == XVLM_OK && (answers->count != 10 || !answers->ranked || std::fabs(total - 1.0) > 1e-5)) {
+        std::printf("FAIL 10 ranked: %zu candidates, shares summing to %f\n", answers->count, total);
+        ++failures;
+      }
+      if (s == XVLM_OK) xvlm_answers_free(answers);
+      return s;
+    });
+    expect("answer the model's list", XVLM_OK, "", answer(asking, image, "what color?", nullptr, 0, -1));
+    xvlm_context_destroy(asking);
+    xvlm_model_close(vqa);
+  }
 
   xvlm_image_destroy(image);
   xvlm_context_destroy(context);

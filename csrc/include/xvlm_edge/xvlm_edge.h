@@ -1,4 +1,4 @@
-/* The xvlm_edge SDK: X-VLM's homework checking, matching, grounding and captioning on an ExecuTorch export
+/* The xvlm_edge SDK: X-VLM's homework checking, matching, grounding, captioning and question answering on an ExecuTorch export
  * (`xvlm-edge export MODEL_DIR --target executorch`), for firmware without Python.
  *
  * Handles. A model (xvlm_model) is an export directory opened and verified once; it is read-only afterwards
@@ -10,7 +10,7 @@
  * the argument or file and the problem in *error (free it with xvlm_error_free), and a successful one
  * stores NULL. Outputs are written only on success. No call aborts or throws on bad input.
  *
- * Results with a variable size (match, ground, caption) are allocated by the SDK and freed by the caller
+ * Results with a variable size (match, ground, caption, answer) are allocated by the SDK and freed by the caller
  * with the matching *_free function. Text crosses as NUL-terminated UTF-8.
  */
 #ifndef XVLM_EDGE_H
@@ -149,6 +149,36 @@ typedef struct xvlm_caption {
 XVLM_EDGE_API xvlm_status xvlm_caption_image(xvlm_context* context, const xvlm_image* image, const xvlm_caption_options* options,
                                              xvlm_caption** caption, char** error);
 XVLM_EDGE_API void xvlm_caption_free(xvlm_caption* caption);
+
+/* Visual question answering, as xvlm_edge's Model.answer (the official X-VLM VQA model). Needs an export of
+ * a checkpoint with the vqa head (its multimodal and answer_* graphs); any other export refuses with
+ * XVLM_ERR_MODEL, "... has no answer decoder". The question is cleaned as the official pre_question.
+ *
+ * Ranked: `answers` (count 1 to 65536 strings, used as given) or, with answers NULL and count 0, the
+ * export's answer list (answer_list.json). The k candidates whose first token the model finds most probable
+ * are re-scored on all their tokens (the official rank_answer); k is 1 to 128 (more than the candidates:
+ * all of them), or -1 for the model's default (config.json tasks.vqa_k_test). An answer too long for the
+ * export's decoder_tokens bound is XVLM_ERR_LIMIT.
+ * Generated: with answers NULL and count 0 and no answer list in the export, the answer is generated
+ * greedily from [CLS] until [SEP], at most tasks.answer_max_length tokens; k must then be -1. */
+typedef struct xvlm_ranked_answer {
+  char* text;
+  double probability; /* exp(logprob), in [0, 1] */
+  double logprob;     /* ranked: the summed log-probability of the answer's tokens and [SEP];
+                         generated: the mean log-probability of the generated tokens ([SEP] included) */
+  double share;       /* ranked: the official ranking score, a softmax over the k re-scored candidates
+                         (they sum to 1); generated: -1 */
+} xvlm_ranked_answer;
+/* answers[0] is the answer. Ranked: the k candidates, largest share first (ranked = 1). Generated: one
+ * entry (ranked = 0). */
+typedef struct xvlm_answers {
+  size_t count;
+  xvlm_ranked_answer* answers;
+  int ranked;
+} xvlm_answers;
+XVLM_EDGE_API xvlm_status xvlm_answer(xvlm_context* context, const xvlm_image* image, const char* question, const char* const* answers,
+                                      size_t count, int k, xvlm_answers** out, char** error);
+XVLM_EDGE_API void xvlm_answers_free(xvlm_answers* answers);
 
 #ifdef __cplusplus
 }

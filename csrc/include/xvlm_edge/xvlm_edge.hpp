@@ -97,6 +97,19 @@ struct Caption {
   bool truncated = false;
 };
 
+struct Answer {
+  std::string text;
+  double probability = 0.0;
+  double logprob = 0.0;
+  double share = -1.0;  // -1 when generated
+};
+
+// answers[0] is the answer; ranked: the k candidates, largest share first; generated: one entry.
+struct Answers {
+  bool ranked = false;
+  std::vector<Answer> answers;
+};
+
 // One thread's context. The Model must outlive it.
 class Context {
  public:
@@ -139,6 +152,24 @@ class Context {
     std::unique_ptr<xvlm_caption, detail::Deleter<xvlm_caption, xvlm_caption_free>> owned(found);
     return Caption{found->text, std::vector<std::int64_t>(found->token_ids, found->token_ids + found->token_count), found->logprob,
                    found->probability, found->truncated != 0};
+  }
+
+  // Ranks `answers`, or with std::nullopt the model's answer list (generates when it has none); k -1 is the
+  // model's default (see xvlm_answer).
+  Answers answer(const Image& image, const std::string& question, const std::optional<std::vector<std::string>>& answers = std::nullopt,
+                 int k = -1) {
+    const std::vector<const char*> pointers = answers ? c_strings(*answers) : std::vector<const char*>();
+    xvlm_answers* found = nullptr;
+    char* error = nullptr;
+    detail::check(xvlm_answer(handle_.get(), image.get(), question.c_str(), answers ? pointers.data() : nullptr, pointers.size(), k, &found, &error),
+                  &error);
+    std::unique_ptr<xvlm_answers, detail::Deleter<xvlm_answers, xvlm_answers_free>> owned(found);
+    Answers out{found->ranked != 0, {}};
+    for (std::size_t i = 0; i < found->count; ++i) {
+      const xvlm_ranked_answer& a = found->answers[i];
+      out.answers.push_back({a.text, a.probability, a.logprob, a.share});
+    }
+    return out;
   }
 
  private:
