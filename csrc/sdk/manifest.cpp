@@ -1,9 +1,11 @@
 #include "manifest.hpp"
 
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <sys/stat.h>
+#include <type_traits>
 
 #include "sha256.hpp"
 
@@ -13,6 +15,9 @@ namespace {
 using nlohmann::json;
 
 constexpr std::size_t kMaxManifestBytes = std::size_t{16} << 20;  // a real one is a few tens of KiB
+// A real manifest nests 7 deep. The limit keeps nlohmann's recursive dump() (the values quoted in messages)
+// off the end of the stack: "format" nested 200,000 lists deep overflowed it (a seed of fuzz_manifest.cpp).
+constexpr int kMaxManifestDepth = 32;
 
 // The graphs the SDK's tasks run, with the inputs each takes (catalogue order, with the dtype the SDK
 // feeds) and the outputs it reads (by name; a graph may have more).
@@ -45,13 +50,22 @@ bool is_file(const std::string& path) {
 }
 
 std::string read_manifest(const std::string& path) {
-  if (!is_file(path)) throw ModelError(path + " is missing: not an xvlm_edge export (make one with `xvlm-edge export MODEL_DIR --target executorch`)");
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    throw ModelError(path + " is missing: not an xvlm_edge export (make one with `xvlm-edge export MODEL_DIR --target executorch`)");
+  }
+  if (static_cast<std::uint64_t>(st.st_size) > kMaxManifestBytes) throw ModelError(path + " is larger than 16 MiB: not a manifest");
   std::ifstream in(path, std::ios::binary);
   std::ostringstream text;
   if (!(text << in.rdbuf())) throw ModelError(path + " cannot be read");
-  std::string out = text.str();
-  if (out.size() > kMaxManifestBytes) throw ModelError(path + " is larger than 16 MiB: not a manifest");
-  return out;
+  return text.str();
+}
+
+// A JSON value quoted in a message: at most 80 characters of it.
+std::string brief(const json& value) {
+  std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (text.size() > 80) text = text.substr(0, 77) + "...";
+  return text;
 }
 
 // A plain file name inside the export directory (no path, so a manifest cannot point elsewhere).
@@ -76,27 +90,55 @@ const json& field(const json& object, const char* key, const std::string& where)
   return object.at(key);
 }
 
+// An integer of type T: refuses fractions (nlohmann's get<int> truncates 2.5 to 2, and 1e300 to int is
+// undefined behaviour) and values outside T (which get<T> would wrap).
+template <class T>
+T integer(const json& value, const std::string& where) {
+  static_assert(std::is_integral_v<T> && std::is_signed_v<T>);
+  if (value.is_number_unsigned()) {
+    const auto n = value.get<std::uint64_t>();
+    if (n <= static_cast<std::uint64_t>(std::numeric_limits<T>::max())) return static_cast<T>(n);
+  } else if (value.is_number_integer()) {
+    const auto n = value.get<std::int64_t>();
+    if (n >= std::numeric_limits<T>::min() && n <= std::numeric_limits<T>::max()) return static_cast<T>(n);
+  }
+  throw ModelError("manifest: " + where + " is " + brief(value) + ", not an integer in [" + std::to_string(std::numeric_limits<T>::min()) +
+                   ", " + std::to_string(std::numeric_limits<T>::max()) + "]");
+}
+
 template <class T>
 T get(const json& object, const char* key, const std::string& where) {
   const json& value = field(object, key, where);
-  try {
-    return value.get<T>();
-  } catch (const json::exception&) {
-    throw ModelError("manifest: " + where + "." + key + " has the wrong type (" + value.type_name() + ")");
+  if constexpr (std::is_integral_v<T>) {
+    return integer<T>(value, where + "." + key);
+  } else {
+    try {
+      return value.get<T>();
+    } catch (const json::exception&) {
+      throw ModelError("manifest: " + where + "." + key + " has the wrong type (" + value.type_name() + ")");
+    }
   }
+}
+
+std::vector<std::int64_t> get_integers(const json& object, const char* key, const std::string& where) {
+  const json& list = field(object, key, where);
+  if (!list.is_array()) throw ModelError("manifest: " + where + "." + key + " is not a list");
+  std::vector<std::int64_t> out;
+  for (const json& n : list) out.push_back(integer<std::int64_t>(n, where + "." + key));
+  return out;
 }
 
 std::vector<ShapeDim> parse_shape(const json& shape, const std::string& where) {
   if (!shape.is_array()) throw ModelError("manifest: " + where + " is not a list");
   std::vector<ShapeDim> out;
   for (const json& d : shape) {
-    if (d.is_number_integer() && d.get<std::int64_t>() >= 0) {
-      out.push_back({d.get<std::int64_t>(), ""});
-    } else if (d.is_string()) {
+    if (d.is_string()) {
       out.push_back({-1, d.get<std::string>()});
-    } else {
-      throw ModelError("manifest: " + where + " holds " + d.dump() + ", neither a size nor an axis name");
+      continue;
     }
+    const std::int64_t size = d.is_number_integer() ? integer<std::int64_t>(d, where) : -1;
+    if (size < 0) throw ModelError("manifest: " + where + " holds " + brief(d) + ", neither a size nor an axis name");
+    out.push_back({size, ""});
   }
   return out;
 }
@@ -108,6 +150,7 @@ GraphEntry parse_graph(const std::string& name, const json& entry) {
   g.file = get<std::string>(entry, "file", where);
   g.method = get<std::string>(entry, "method", where);
   g.arena_bytes = get<std::int64_t>(entry, "arena_bytes", where);
+  if (g.arena_bytes < 0) throw ModelError("manifest: " + where + ".arena_bytes is negative");
   const json& dtypes = field(entry, "dtypes", where);
   const json& shapes = field(entry, "shapes", where);
   for (const char* role : {"inputs", "outputs"}) {
@@ -128,11 +171,11 @@ GraphEntry parse_graph(const std::string& name, const json& entry) {
   const json& bounds = field(entry, "bounds", where);
   if (!bounds.is_object()) throw ModelError("manifest: " + where + ".bounds is not an object");
   for (const auto& [axis, range] : bounds.items()) {
-    if (!range.is_array() || range.size() != 2 || !range[0].is_number_integer() || !range[1].is_number_integer() ||
-        range[0].get<std::int64_t>() < 0 || range[0].get<std::int64_t>() > range[1].get<std::int64_t>()) {
-      throw ModelError("manifest: " + where + ".bounds." + axis + " is " + range.dump() + ", not [min, max]");
-    }
-    g.bounds[axis] = {range[0].get<std::int64_t>(), range[1].get<std::int64_t>()};
+    const std::string at = where + ".bounds." + axis;
+    if (!range.is_array() || range.size() != 2) throw ModelError("manifest: " + at + " is " + brief(range) + ", not [min, max]");
+    const AxisBound b{integer<std::int64_t>(range[0], at), integer<std::int64_t>(range[1], at)};
+    if (b.min < 0 || b.min > b.max) throw ModelError("manifest: " + at + " is " + brief(range) + ", not [min, max] with 0 <= min <= max");
+    g.bounds[axis] = b;
   }
   for (const auto* list : {&g.inputs, &g.outputs}) {
     for (const TensorEntry& t : *list) {
@@ -206,16 +249,23 @@ const GraphEntry& Manifest::graph(const std::string& name) const {
   return it->second;
 }
 
-Manifest Manifest::open(const std::string& directory) {
+Manifest Manifest::open(const std::string& directory) { return parse(read_manifest(directory + "/manifest.json"), directory); }
+
+Manifest Manifest::parse(std::string_view text, const std::string& directory) {
   const std::string path = directory + "/manifest.json";
-  json doc = json::parse(read_manifest(path), nullptr, /*allow_exceptions=*/false);
+  if (text.size() > kMaxManifestBytes) throw ModelError(path + " is larger than 16 MiB: not a manifest");
+  const json::parser_callback_t depth_limit = [&path](int depth, json::parse_event_t, json&) {
+    if (depth > kMaxManifestDepth) throw ModelError(path + " nests deeper than " + std::to_string(kMaxManifestDepth) + " levels: not a manifest");
+    return true;
+  };
+  json doc = json::parse(text, depth_limit, /*allow_exceptions=*/false);
   if (doc.is_discarded() || !doc.is_object()) throw ModelError(path + " is not a JSON object (truncated or corrupt manifest)");
   Manifest m;
   m.directory = directory;
   try {
     const json& format = field(doc, "format", "the top level");
     if (!format.is_number_integer() || format.get<std::int64_t>() != kManifestFormat) {
-      throw ModelError(path + " has manifest format " + format.dump() + "; this SDK reads format " + std::to_string(kManifestFormat) + " (re-export)");
+      throw ModelError(path + " has manifest format " + brief(format) + "; this SDK reads format " + std::to_string(kManifestFormat) + " (re-export)");
     }
     const std::string target = get<std::string>(doc, "target", "the top level");
     if (target != kExecuTorchTarget) {
@@ -233,7 +283,7 @@ Manifest Manifest::open(const std::string& directory) {
       }
       check_catalogue(it->second, want);
     }
-    const auto cache = get<std::vector<std::int64_t>>(field(doc, "decoders", "the top level"), "caption", "decoders");
+    const auto cache = get_integers(field(doc, "decoders", "the top level"), "caption", "decoders");
     if (cache.size() != 3 || cache[0] < 1 || cache[1] < 1 || cache[2] < 1) throw ModelError("manifest: decoders.caption is not [layers, heads, head_dim]");
     m.caption_cache = {cache[0], cache[1], cache[2]};
     const json& limits = field(field(doc, "bounds", "the top level"), "limits", "bounds");

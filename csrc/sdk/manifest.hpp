@@ -2,7 +2,8 @@
 // verified before anything runs.
 //
 // Manifest::open refuses, with a ModelError that names the file, field or graph:
-// - a missing or unreadable manifest, JSON that does not parse, a field of the wrong type;
+// - a missing or unreadable manifest, JSON that does not parse or nests deeper than a manifest does, a field
+//   of the wrong type, an integer field holding a fraction or a value outside its type;
 // - another format version, another target than "executorch";
 // - a graph or asset file that is missing, has a path in its name, or whose sha256 differs;
 // - a missing graph the SDK's tasks need (vision, text, fusion with the ITM and box heads, the caption
@@ -14,6 +15,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "xvlm_edge/engine.hpp"
@@ -95,6 +97,10 @@ struct Manifest {
 
   // Reads and verifies `directory`/manifest.json and every file it names (see the file comment).
   static Manifest open(const std::string& directory);
+  // Everything open does once manifest.json is read: `json` is its text, checked as the manifest of the
+  // export in `directory` (whose graph and asset files are still hashed). The fuzz target
+  // (csrc/tests/fuzz_manifest.cpp) feeds it any bytes.
+  static Manifest parse(std::string_view json, const std::string& directory);
   const GraphEntry& graph(const std::string& name) const;
 };
 
