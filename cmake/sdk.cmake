@@ -46,6 +46,12 @@ target_link_libraries(xvlm_edge_sdk
           executorch::runtime executorch::backend_xnnpack executorch::kernels_optimized
           executorch::kernels_quantized executorch::threadpool)
 target_compile_options(xvlm_edge_sdk PRIVATE $<$<CXX_COMPILER_ID:GNU,Clang>:-O2 -Wall -Wextra>)
+# The TensorRT GraphEngine (csrc/tensorrt/graph_engine.hpp), where the core was built with the TensorRT runner
+# (XVLM_EDGE_TENSORRT_FOUND, CMakeLists.txt); xvlm_edge_core carries XVLM_EDGE_HAS_TENSORRT, TensorRT and cudart.
+if(XVLM_EDGE_TENSORRT_FOUND)
+  target_sources(xvlm_edge_sdk PRIVATE
+    ${CMAKE_CURRENT_SOURCE_DIR}/csrc/tensorrt/graph_engine_host.cpp ${CMAKE_CURRENT_SOURCE_DIR}/csrc/tensorrt/graph_engine.cpp)
+endif()
 
 # The example firmware program: the C++ wrapper (xvlm_edge.hpp) over the C API, nothing else.
 add_executable(xvlm-lamp csrc/examples/xvlm_lamp.cpp)

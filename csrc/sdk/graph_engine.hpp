@@ -3,8 +3,8 @@
 // A GraphEngine is the loaded, verified model (programs, weights): built once, shared read-only by every
 // thread. A GraphSession is one thread's working state (planned activation memory, delegate handles): each
 // SDK context owns one, and a session is never used by two threads at once. The ExecuTorch engine
-// (csrc/executorch/) is the CPU implementation; the TensorRT runner (csrc/tensorrt/) is meant to sit behind
-// the same two classes.
+// (csrc/executorch/) is the CPU implementation; the TensorRT engine (csrc/tensorrt/graph_engine.hpp, built
+// where TensorRT is found) the GPU one.
 //
 // Inputs and outputs come in the catalogue's order. A session checks each call against the shapes and
 // bounds the engine was built for and throws EngineError naming the tensor, dimension and bound; cutting

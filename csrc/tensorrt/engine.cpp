@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -208,14 +209,13 @@ EngineSpec EngineBuilder::build() {
 
 // ---- runner -------------------------------------------------------------------------------------------
 
-struct EngineRunner::Impl {
+struct LoadedEngine::Impl {
   EngineManifest manifest;
-  // Declaration order is destruction order reversed: the context goes before the engine, the engine before
-  // the runtime, as TensorRT requires.
+  // Declaration order is destruction order reversed: the engine goes before the runtime, as TensorRT requires.
   std::unique_ptr<nvinfer1::IRuntime> runtime;
   std::unique_ptr<nvinfer1::ICudaEngine> engine;
-  std::unique_ptr<nvinfer1::IExecutionContext> context;
-  std::int32_t profile = 0;  // a new context starts on profile 0
+  // createExecutionContext allocates from the engine; contexts of several threads are created one at a time.
+  std::mutex context_mutex;
 
   // The engine file must declare exactly the manifest's tensors, dtypes, shapes and profiles.
   void check_engine_matches_manifest() const {
@@ -259,15 +259,41 @@ struct EngineRunner::Impl {
       }
     }
   }
+};
+
+LoadedEngine::LoadedEngine(EngineManifest manifest, const std::string& engine_path) : impl_(std::make_unique<Impl>()) {
+  manifest.validate();
+  check_tensorrt_compatible(parse_tensorrt_version(manifest.tensorrt_version), runtime_tensorrt_version());
+  impl_->manifest = std::move(manifest);
+  const std::vector<char> blob = read_file(engine_path, "engine");
+  logger().take_errors();
+  impl_->runtime.reset(nvinfer1::createInferRuntime(logger()));
+  if (!impl_->runtime) fail("TensorRT could not create a runtime (is a CUDA device visible?)");
+  impl_->engine.reset(impl_->runtime->deserializeCudaEngine(blob.data(), blob.size()));
+  if (!impl_->engine) fail("TensorRT could not deserialise " + engine_path);
+  impl_->check_engine_matches_manifest();
+}
+
+LoadedEngine::~LoadedEngine() = default;
+
+const EngineManifest& LoadedEngine::manifest() const noexcept { return impl_->manifest; }
+
+struct EngineRunner::Impl {
+  // Declaration order is destruction order reversed: the context goes before the engine it came from.
+  std::shared_ptr<const LoadedEngine> engine;
+  std::unique_ptr<nvinfer1::IExecutionContext> context;
+  std::int32_t profile = 0;  // a new context starts on profile 0
+
+  const EngineManifest& manifest() const noexcept { return engine->manifest(); }
 
   std::map<std::string, Dims> prepare(const std::map<std::string, Dims>& input_shapes, cudaStream_t stream) {
     std::vector<TensorArg> args;
     for (const auto& [name, shape] : input_shapes) {
-      const TensorSpec* t = manifest.spec.find_input(name);
+      const TensorSpec* t = manifest().spec.find_input(name);
       args.push_back({name, t ? t->dtype : DataType::kFloat32, shape, nullptr});
     }
-    validate_inputs(manifest.spec, args);
-    const auto& profiles = manifest.spec.profiles;
+    validate_inputs(manifest().spec, args);
+    const auto& profiles = manifest().spec.profiles;
     const auto wanted = profiles.empty() ? 0 : static_cast<std::int32_t>(select_profile(profiles, input_shapes));
     if (wanted != profile) {
       if (!context->setOptimizationProfileAsync(wanted, stream)) {
@@ -281,7 +307,7 @@ struct EngineRunner::Impl {
       }
     }
     std::map<std::string, Dims> out;
-    for (const TensorSpec& t : manifest.spec.outputs) {
+    for (const TensorSpec& t : manifest().spec.outputs) {
       Dims shape = from_trt(context->getTensorShape(t.name.c_str()));
       if (std::find(shape.begin(), shape.end(), -1) != shape.end() || shape.size() != t.shape.size()) {
         fail("output '" + t.name + "' has no static shape for these inputs (" + format_dims(shape) +
@@ -293,24 +319,24 @@ struct EngineRunner::Impl {
   }
 };
 
-EngineRunner::EngineRunner(EngineManifest manifest, const std::string& engine_path) : impl_(std::make_unique<Impl>()) {
-  manifest.validate();
-  check_tensorrt_compatible(parse_tensorrt_version(manifest.tensorrt_version), runtime_tensorrt_version());
-  impl_->manifest = std::move(manifest);
-  const std::vector<char> blob = read_file(engine_path, "engine");
-  logger().take_errors();
-  impl_->runtime.reset(nvinfer1::createInferRuntime(logger()));
-  if (!impl_->runtime) fail("TensorRT could not create a runtime (is a CUDA device visible?)");
-  impl_->engine.reset(impl_->runtime->deserializeCudaEngine(blob.data(), blob.size()));
-  if (!impl_->engine) fail("TensorRT could not deserialise " + engine_path);
-  impl_->check_engine_matches_manifest();
-  impl_->context.reset(impl_->engine->createExecutionContext());
-  if (!impl_->context) fail("TensorRT could not create an execution context for " + engine_path);
+EngineRunner::EngineRunner(EngineManifest manifest, const std::string& engine_path)
+    : EngineRunner(std::make_shared<const LoadedEngine>(std::move(manifest), engine_path)) {}
+
+EngineRunner::EngineRunner(std::shared_ptr<const LoadedEngine> engine) : impl_(std::make_unique<Impl>()) {
+  if (!engine) throw EngineError("EngineRunner needs a loaded engine, got none");
+  impl_->engine = std::move(engine);
+  LoadedEngine::Impl& loaded = *impl_->engine->impl_;
+  {
+    std::lock_guard<std::mutex> lock(loaded.context_mutex);
+    logger().take_errors();
+    impl_->context.reset(loaded.engine->createExecutionContext());
+  }
+  if (!impl_->context) fail("TensorRT could not create an execution context for " + impl_->manifest().engine);
 }
 
 EngineRunner::~EngineRunner() = default;
 
-const EngineManifest& EngineRunner::manifest() const noexcept { return impl_->manifest; }
+const EngineManifest& EngineRunner::manifest() const noexcept { return impl_->manifest(); }
 
 std::map<std::string, Dims> EngineRunner::prepare(const std::map<std::string, Dims>& input_shapes,
                                                   std::uintptr_t stream_handle) {
@@ -321,11 +347,12 @@ void EngineRunner::run(const std::vector<TensorArg>& inputs, const std::vector<T
                        std::uintptr_t stream_handle) {
   // The handle is torch.cuda.Stream.cuda_stream (or any cudaStream_t the caller owns).
   auto* stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  validate_inputs(impl_->manifest.spec, inputs);
+  const EngineSpec& spec = impl_->manifest().spec;
+  validate_inputs(spec, inputs);
   std::map<std::string, Dims> shapes;
   for (const TensorArg& a : inputs) shapes.emplace(a.name, a.shape);
   const std::map<std::string, Dims> expected = impl_->prepare(shapes, stream);
-  validate_outputs(impl_->manifest.spec, expected, outputs);
+  validate_outputs(spec, expected, outputs);
   check_device_pointers(inputs);
   check_device_pointers(outputs);
   for (const auto* list : {&inputs, &outputs}) {
@@ -335,7 +362,7 @@ void EngineRunner::run(const std::vector<TensorArg>& inputs, const std::vector<T
       }
     }
   }
-  if (!impl_->context->enqueueV3(stream)) fail("TensorRT could not enqueue " + impl_->manifest.engine);
+  if (!impl_->context->enqueueV3(stream)) fail("TensorRT could not enqueue " + impl_->manifest().engine);
 }
 
 }  // namespace xvlm_edge

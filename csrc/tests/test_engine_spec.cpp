@@ -2,49 +2,16 @@
 // Python, no framework. Built with -DXVLM_EDGE_BUILD_TESTS=ON, run by ctest and by tests/test_engine.py
 // (marked slow). Each CHECK_THROWS also checks that the message names what the user needs to fix.
 #include <cstdio>
-#include <functional>
 #include <string>
 #include <vector>
 
+#include "check.hpp"
 #include "xvlm_edge/engine.hpp"
 
 namespace {
 
-int g_failures = 0;
-int g_checks = 0;
-
-#define CHECK(cond)                                                       \
-  do {                                                                    \
-    ++g_checks;                                                           \
-    if (!(cond)) {                                                        \
-      ++g_failures;                                                       \
-      std::printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);         \
-    }                                                                     \
-  } while (0)
-
-// The call must throw EngineError whose what() contains every fragment.
-void check_throws(const char* file, int line, const std::function<void()>& fn, std::vector<std::string> fragments) {
-  ++g_checks;
-  try {
-    fn();
-  } catch (const xvlm_edge::EngineError& e) {
-    const std::string what = e.what();
-    for (const std::string& f : fragments) {
-      if (what.find(f) == std::string::npos) {
-        ++g_failures;
-        std::printf("FAIL %s:%d: message lacks \"%s\": %s\n", file, line, f.c_str(), what.c_str());
-      }
-    }
-    return;
-  } catch (const std::exception& e) {
-    ++g_failures;
-    std::printf("FAIL %s:%d: threw a non-EngineError: %s\n", file, line, e.what());
-    return;
-  }
-  ++g_failures;
-  std::printf("FAIL %s:%d: did not throw\n", file, line);
-}
-#define CHECK_THROWS(expr, ...) check_throws(__FILE__, __LINE__, [&] { expr; }, {__VA_ARGS__})
+#define CHECK_THROWS(expr, ...) \
+  xvlm_edge::testing::check_throws<xvlm_edge::EngineError>(__FILE__, __LINE__, [&] { expr; }, {__VA_ARGS__})
 
 using xvlm_edge::DataType;
 using xvlm_edge::Dims;
@@ -70,7 +37,7 @@ std::string replace(std::string s, const std::string& from, const std::string& t
   const auto at = s.find(from);
   if (at == std::string::npos) {
     std::printf("test bug: '%s' not in manifest\n", from.c_str());
-    ++g_failures;
+    ++xvlm_edge::testing::g_failures;
     return s;
   }
   return s.replace(at, from.size(), to);
@@ -198,6 +165,5 @@ int main() {
   test_validate_inputs();
   test_pointers_and_sizes();
   test_versions();
-  std::printf("%d checks, %d failures\n", g_checks, g_failures);
-  return g_failures == 0 ? 0 : 1;
+  return xvlm_edge::testing::report();
 }

@@ -162,12 +162,32 @@ class EngineBuilder {
   BuildOptions options_;
 };
 
-// Deserialised engine + one execution context. Not thread-safe: one runner per thread or per stream.
+// A deserialised engine, checked against its manifest: the TensorRT version before deserialising, the I/O
+// names, dtypes, shapes and profile ranges after. Read-only once built: runners on any number of threads
+// create their execution contexts from one LoadedEngine (shared_ptr), so the weights sit on the GPU once.
+class LoadedEngine {
+ public:
+  LoadedEngine(EngineManifest manifest, const std::string& engine_path);  // throws EngineError on any mismatch
+  ~LoadedEngine();
+  LoadedEngine(const LoadedEngine&) = delete;
+  LoadedEngine& operator=(const LoadedEngine&) = delete;
+
+  const EngineManifest& manifest() const noexcept;
+
+ private:
+  friend class EngineRunner;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// One execution context of an engine (its activation memory, its profile and shapes). Not thread-safe: one
+// runner per thread or per stream; runners of one LoadedEngine may run on different threads at once.
 class EngineRunner {
  public:
-  // Checks the manifest's TensorRT version against the runtime's and the engine's I/O against the manifest
-  // before and after deserialising. Throws EngineError on any mismatch.
+  // Loads its own engine (LoadedEngine's checks), then creates the context.
   EngineRunner(EngineManifest manifest, const std::string& engine_path);
+  // A new context of a shared engine.
+  explicit EngineRunner(std::shared_ptr<const LoadedEngine> engine);
   ~EngineRunner();
   EngineRunner(const EngineRunner&) = delete;
   EngineRunner& operator=(const EngineRunner&) = delete;
