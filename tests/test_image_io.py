@@ -6,7 +6,8 @@ byte: the shipped examples, PNGs of every colour type, bit depth and interlacing
 chunk, and by OpenCV and Pillow), JPEGs of every subsampling, progressive, restart intervals, gray and CMYK,
 EXIF orientations 1..8, and RGB/BGR/RGBA/BGRA/gray/NV12 buffers against cv2.cvtColor. Bad input (truncated,
 corrupt, empty, wrong magic, decompression bombs, bad strides, odd NV12 sizes) must be refused with an
-ImageError naming the file and the problem, bombs without allocating. The libFuzzer harnesses run under -m slow.
+ImageError naming the file and the problem, bombs without allocating. The libFuzzer harness of the decoder
+(csrc/tests/fuzz_image.cpp) runs in tests/test_cpp_fuzzers.py from the PNGs and JPEGs made here.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from _cpp_build import REPO, build_cpp, needs_cmake
+from _cpp_build import REPO, build_cpp
 from PIL import Image
 from test_image_limits import cv2_encode, put, samples
 
@@ -407,34 +408,3 @@ def test_bombs_are_refused_before_allocating(driver: Driver, tmp_path: Path) -> 
     assert all("above the limit" in a for a in answers[:-1]), answers
     peak_kib = int(answers[-1].split()[1])
     assert peak_kib < 32 * 1024, f"peak RSS {peak_kib} KiB"
-
-
-# ---------------------------------------------------------------- libFuzzer (slow)
-
-
-@pytest.mark.slow
-@needs_cmake
-@pytest.mark.skipif(shutil.which("clang++") is None, reason="clang not installed (apt-get install clang)")
-def test_fuzzers_run_clean(tmp_path: Path, record_testsuite_property) -> None:
-    """csrc/tests/fuzz_image.cpp and fuzz_tokenizer.cpp under ASan + UBSan, 60 s each: no crash, leak or UB.
-    The image fuzzer starts from the PNGs and JPEGs above; the execution counts are recorded."""
-    flags = "-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g -O1"
-    targets = ["xvlm_edge_fuzz_image", "xvlm_edge_fuzz_tokenizer"]
-    options = ["-DXVLM_EDGE_BUILD_FUZZERS=ON", f"-DCMAKE_CXX_FLAGS={flags}", "-DCMAKE_BUILD_TYPE=RelWithDebInfo"]
-    build = build_cpp(tmp_path / "build", targets, options, compiler=("clang", "clang++"))
-    seeds = {
-        "xvlm_edge_fuzz_image": {**png_cases(6, 5), **jpeg_cases()},
-        "xvlm_edge_fuzz_tokenizer": {"a": b"A man riding a horse.", "b": "\u00e9\u4e00\U0001f600 [SEP]".encode(), "c": b"\xff\xfe"},
-    }
-    for target in targets:
-        corpus = tmp_path / f"corpus-{target}"
-        corpus.mkdir()
-        for name, data in seeds[target].items():
-            (corpus / name).write_bytes(data)
-        run = subprocess.run(
-            [build / target, corpus, "-max_total_time=60", "-max_len=65536", "-timeout=10", "-rss_limit_mb=2048", f"-artifact_prefix={tmp_path}/"],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        done = re.search(r"Done (\d+) runs", run.stderr)
-        assert run.returncode == 0 and done, run.stderr[-3000:]
-        record_testsuite_property(f"{target}_executions", int(done.group(1)))

@@ -16,7 +16,7 @@ using nlohmann::json;
 
 constexpr std::size_t kMaxManifestBytes = std::size_t{16} << 20;  // a real one is a few tens of KiB
 // A real manifest nests 7 deep. The limit keeps nlohmann's recursive dump() (the values quoted in messages)
-// off the end of the stack: "format" nested 200,000 lists deep overflowed it (a seed of fuzz_manifest.cpp).
+// off the end of the stack: "format" nested 20,000 lists deep overflowed it under ASan (a fuzz_manifest seed).
 constexpr int kMaxManifestDepth = 32;
 
 // The graphs the SDK's tasks run, with the inputs each takes (catalogue order, with the dtype the SDK
