@@ -27,7 +27,8 @@ set(ENV{PKG_CONFIG_LIBDIR} /usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgco
 
 # ctest (and anything using CMAKE_CROSSCOMPILING_EMULATOR) runs aarch64 programs through qemu's user mode.
 # The CPU is pinned to a core of the lamp's class: qemu's default `-cpu max` turns on every optional extension
-# (SVE2, SME, the i8mm/bf16 dot products), and issue 14 measured INT8 results that differ there.
+# (SVE2, SME, the i8mm/bf16 dot products), and there the INT8 answers come out wrong through the SME code path
+# (docs/sdk-aarch64.md has the measurement).
 # -L makes the cross libc's loader (/lib/ld-linux-aarch64.so.1) resolve inside /usr/aarch64-linux-gnu, and
 # LD_LIBRARY_PATH keeps libc.so.6 there too: the :arm64 packages pull in Debian's libc6:arm64, whose libc.so.6
 # the loader would otherwise find first in /usr/lib/aarch64-linux-gnu, and a libc from another glibc build
