@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+#: The lamp SDK's session fixtures (one build, one micro export), shared by every module that uses them.
+pytest_plugins = ["_sdk"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import pytest
 from _cpp_build import REPO, build_cpp
-from test_export_executorch import micro_checkpoint
-from test_sdk import BOX_ATOL, CMAKE_MIN, EXAMPLES, PHRASES, PROBABILITY_ATOL, SDK_TARGETS, STATEMENTS, cmake_version, export_for, sdk_options
+from _sdk import BOX_ATOL, CMAKE_MIN, EXAMPLES, PHRASES, PROBABILITY_ATOL, SDK_TARGETS, STATEMENTS, cmake_version, export_for, sdk_options
 
 import xvlm_edge
 from xvlm_edge.export import export_model
@@ -74,9 +73,8 @@ def lamp(program: list, *args: object) -> dict:
     return json.loads(done.stdout)
 
 
-def test_aarch64_lamp_smoke_equals_python_executorch(aarch64_build: Path, emulator: list[str], tmp_path: Path) -> None:
-    model_dir = micro_checkpoint(tmp_path / "model", ("itm", "bbox", "caption"))
-    export_model(model_dir, "fp32", "executorch", threads=1)
+def test_aarch64_lamp_smoke_equals_python_executorch(aarch64_build: Path, emulator: list[str], micro_model: Path) -> None:
+    model_dir = micro_model  # the session's micro export (tests/_sdk.py), shared with tests/test_sdk.py
     python = xvlm_edge.load(model_dir, backend="executorch", threads=1)
     arm = [*emulator, aarch64_build / "xvlm-lamp"]
     found = lamp(arm, "check", EXAMPLES[0], STATEMENTS[0], "--model", export_for(model_dir))
@@ -88,13 +86,11 @@ def test_aarch64_lamp_smoke_equals_python_executorch(aarch64_build: Path, emulat
 
 
 @pytest.fixture(scope="module")
-def embedded_exports(tmp_path_factory) -> Path:
-    """The embedded model with its fp32 and int8 ExecuTorch exports (about 5 and 10 minutes on 2 cores)."""
-    directory = tmp_path_factory.mktemp("sdk-aarch64") / "model"
-    shutil.copytree(Path(xvlm_edge.__file__).parent / "assets" / "default", directory)
-    for precision in ("fp32", "int8"):
-        export_model(directory, precision, "executorch", threads=2)
-    return directory
+def embedded_exports(embedded_model: Path) -> Path:
+    """The embedded model with its fp32 (the session's, tests/_sdk.py) and int8 ExecuTorch exports (about 10
+    more minutes on 2 cores)."""
+    export_model(embedded_model, "int8", "executorch", threads=2)
+    return embedded_model
 
 
 def answers(program: list, export: Path) -> dict:

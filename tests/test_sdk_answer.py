@@ -16,15 +16,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from _sdk import EXAMPLES, PROBABILITY_ATOL, export_for, lamp
 from test_export_executorch import micro_checkpoint
-from test_sdk import EXAMPLES, PROBABILITY_ATOL, export_for, lamp
 
 import xvlm_edge
 from xvlm_edge.config import LAYOUT_HEADS
 from xvlm_edge.export import export_model
 
 pytest.importorskip("executorch", reason="the SDK builds against the executorch wheel: pip install 'xvlm-edge[sdk]'")
-pytest_plugins = ["test_sdk"]  # its session fixtures: sdk_build, micro_model, embedded_model
 
 QUESTIONS = ["what shape is the red object?", "how many stars are there?"]
 ANSWER_LIST = ["red", "blue", "green", "yellow", "pink", "purple", "orange", "cyan", "one", "two", "three", "four", "a red circle", "yes", "no"]
