@@ -5,7 +5,7 @@
 - csrc/tests/fuzz_tokenizer.cpp: WordPiece and the official text cleaning (csrc/core/tokenizer.cpp); seeds:
   statements and phrases of the lamp, Unicode, invalid UTF-8.
 - csrc/tests/fuzz_manifest.cpp: the SDK's export manifest parser (csrc/sdk/manifest.cpp, Manifest::parse) over
-  test_sdk.py's micro ExecuTorch export; seeds: its manifest.json and the findings below.
+  the session's micro ExecuTorch export (tests/_sdk.py); seeds: its manifest.json and the findings below.
 
 By default each runs for BOUNDED_SECONDS with a fixed -seed: 0 crashes, leaks or UB reports, and the execution
 count is written to the terminal and recorded (record_testsuite_property). Under -m slow each runs a fixed
@@ -26,9 +26,8 @@ from pathlib import Path
 
 import pytest
 from _cpp_build import REPO, build_cpp, needs_cmake
+from _sdk import EXAMPLES, INSTALL_REASON, export_for, lamp
 from test_image_io import jpeg_cases, png_cases
-
-pytest_plugins = ["test_sdk"]  # its session fixtures: micro_model (the manifest fuzzer's export), sdk_build
 
 TARGETS = ("xvlm_edge_fuzz_image", "xvlm_edge_fuzz_tokenizer", "xvlm_edge_fuzz_manifest")
 FLAGS = "-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g -O1"
@@ -76,8 +75,9 @@ def seeds(target: str, request: pytest.FixtureRequest) -> dict[str, bytes]:
 
 
 def export_dir(request: pytest.FixtureRequest) -> Path:
-    pytest.importorskip("executorch", reason="the manifest fuzzer's export is made with the executorch wheel")
-    return request.getfixturevalue("micro_model") / "export" / "executorch-fp32"
+    """The session's micro export (tests/_sdk.py), requested only by the manifest's tests."""
+    pytest.importorskip("executorch", reason=INSTALL_REASON)
+    return export_for(request.getfixturevalue("micro_model"))
 
 
 def run_fuzzer(binary: Path, corpus_seeds: dict[str, bytes], workdir: Path, limit: str, env: dict[str, str]) -> FuzzRun:
@@ -139,7 +139,5 @@ def test_manifest_findings_are_refused_by_name(request, tmp_path: Path) -> None:
         export = tmp_path / name
         shutil.copytree(source, export)
         (export / "manifest.json").write_text(text)
-        done = subprocess.run([sdk_build / "xvlm-lamp", "check", REPO / "xvlm_edge" / "assets" / "examples" / "scene-05.png", "a star", "--model", export],
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert done.returncode == 1, (name, done.stderr)
-        assert "XVLM_ERR_MODEL" in done.stderr and expected[name] in done.stderr, (name, done.stderr)
+        refused = lamp(sdk_build, "check", EXAMPLES[0], "a star", "--model", export, expect=1)["stderr"]
+        assert "XVLM_ERR_MODEL" in refused and expected[name] in refused, (name, refused)
