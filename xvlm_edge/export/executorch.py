@@ -429,9 +429,7 @@ class ExecuTorchTarget(QuantTarget):
     def runtime(self, files: dict[str, Path]) -> Runtime:
         from xvlm_edge.runtime.executorch_backend import ExecuTorchRuntime
 
-        graphs = {n: replace(self.fp32_manifest.graphs[n], file=str(path.resolve())) for n, path in files.items()}
-        manifest = replace(self.fp32_manifest, precision="int8", graphs=graphs)
-        return ExecuTorchRuntime(self.out_dir, manifest=manifest, threads=self.threads)
+        return ExecuTorchRuntime(self.out_dir, manifest=self.candidate_manifest(files), threads=self.threads)
 
     def graph_file(self, name: str, plan: GraphPlan) -> GraphFile:
         """The manifest entry of the chosen file `out_dir/<name>.pte`."""

@@ -162,6 +162,7 @@ class QuantTarget(ABC):
     #: the graph files' suffix; the chosen files are left in `out_dir`
     suffix: str
     out_dir: Path
+    fp32_manifest: ExportManifest
     #: what each option means on this target, for the manifest
     descriptions: ClassVar[dict[str, str]] = DESCRIPTIONS
     #: whether `search` keeps single MatMuls in float (else a failing graph steps down whole)
@@ -182,6 +183,11 @@ class QuantTarget(ABC):
     @abstractmethod
     def runtime(self, files: dict[str, Path]) -> Runtime:
         """A runtime over `files` ({graph: path}), the fp32 manifest's names and shapes."""
+
+    def candidate_manifest(self, files: dict[str, Path]) -> ExportManifest:
+        """The fp32 manifest with its graphs' files replaced by `files` (absolute paths): what `runtime` reads."""
+        graphs = {n: replace(self.fp32_manifest.graphs[n], file=str(path.resolve())) for n, path in files.items()}
+        return replace(self.fp32_manifest, precision="int8", graphs=graphs)
 
     def search(self, name: str, plan: GraphPlan, feeds: list[dict[str, np.ndarray]]) -> GraphPlan:
         """`plan` with the MatMuls worth keeping in float, measured on `feeds` (only where `searchable`)."""
@@ -246,9 +252,7 @@ class OnnxTarget(QuantTarget):
         """ONNX Runtime over `files`."""
         from xvlm_edge.runtime.onnxruntime_backend import OnnxRuntime
 
-        graphs = {n: replace(self.fp32_manifest.graphs[n], file=str(path.resolve())) for n, path in files.items()}
-        manifest = replace(self.fp32_manifest, precision="int8", graphs=graphs)
-        return OnnxRuntime(self.out_dir, manifest=manifest, threads=self.settings.threads)
+        return OnnxRuntime(self.out_dir, manifest=self.candidate_manifest(files), threads=self.settings.threads)
 
     def search(self, name: str, plan: GraphPlan, feeds: list[dict[str, np.ndarray]]) -> GraphPlan:
         from xvlm_edge.export.sensitivity import search_sensitive_nodes
