@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -184,6 +186,25 @@ class ExportManifest:
         return entry
 
 
+def copy_reusable(directory: Path, into: Path, reusable: Callable[[ExportManifest], bool]) -> ExportManifest | None:
+    """The manifest of the export in `directory`, its graph files copied into `into`, when it reads (every hash
+    checked) and `reusable` accepts it; None otherwise. How an export starts from a checked fp32 one instead of
+    exporting and checking the graphs again."""
+    if not directory.is_dir():
+        return None
+    try:
+        manifest = ExportManifest.read(directory)
+    except EngineError as exc:
+        log.info("not reusing %s: %s", directory, exc)
+        return None
+    if not reusable(manifest):
+        return None
+    for entry in manifest.graphs.values():
+        shutil.copyfile(directory / entry.file, into / entry.file)
+    log.info("starting from the %s %s export in %s", manifest.target, manifest.precision, directory)
+    return manifest
+
+
 def _redo(directory: Path) -> str:
     """A hint naming the export command for an export directory laid out by `export_dir`."""
     target, _, precision = directory.name.rpartition("-")
@@ -192,4 +213,4 @@ def _redo(directory: Path) -> str:
     return "re-export the model directory: xvlm-edge export MODEL_DIR --target TARGET --precision PRECISION"
 
 
-__all__ = ["FORMAT_VERSION", "MANIFEST_FILE", "ExportManifest", "GraphFile", "export_command", "export_dir"]
+__all__ = ["FORMAT_VERSION", "MANIFEST_FILE", "ExportManifest", "GraphFile", "copy_reusable", "export_command", "export_dir"]

@@ -210,22 +210,11 @@ def _fp32(checkpoint, model_dir: Path, target: str, into: Path, threads: int | N
 
 def _reuse_fp32(directory: Path, weights_sha: str, into: Path) -> dict | None:
     """Copy a checked fp32 export of the same weights and opset into `into`; its parity, or None when there is none."""
-    from xvlm_edge.errors import EngineError
     from xvlm_edge.export.onnx import OPSET
+    from xvlm_edge.manifest import copy_reusable
 
-    if not directory.is_dir():
-        return None
-    try:
-        manifest = ExportManifest.read(directory)
-    except EngineError as exc:
-        log.info("not reusing %s: %s", directory, exc)
-        return None
-    if manifest.weights_sha256 != weights_sha or manifest.opset != OPSET or manifest.precision != "fp32":
-        return None
-    for entry in manifest.graphs.values():
-        shutil.copyfile(directory / entry.file, into / entry.file)
-    log.info("starting from the fp32 export in %s (same weights)", directory)
-    return manifest.parity["fp32_vs_torch"]
+    manifest = copy_reusable(directory, into, lambda m: (m.weights_sha256, m.opset, m.precision) == (weights_sha, OPSET, "fp32"))
+    return None if manifest is None else manifest.parity["fp32_vs_torch"]
 
 
 def _fp16(checkpoint, manifest: ExportManifest, fp32_dir: Path, out: Path, threads: int | None) -> None:

@@ -56,7 +56,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from xvlm_edge.errors import EngineError, InputError
+from xvlm_edge.errors import InputError
 from xvlm_edge.export.int8 import DESCRIPTIONS, DYNAMIC, FLOAT, GraphPlan, QuantTarget, graph_options
 from xvlm_edge.export.onnx import FP32_ATOL, TRACE_SIZES, Sizes, check_parity, example_inputs
 from xvlm_edge.graphs import (
@@ -72,7 +72,7 @@ from xvlm_edge.graphs import (
     decoder_graph,
     decoder_shape,
 )
-from xvlm_edge.manifest import ExportManifest, GraphFile, export_dir
+from xvlm_edge.manifest import ExportManifest, GraphFile, copy_reusable, export_dir
 from xvlm_edge.runtime.base import Runtime
 from xvlm_edge.runtime.executorch_backend import METHOD, PteMethod, require_executorch, set_threads
 
@@ -348,20 +348,9 @@ def bounds_record(bounds: Bounds) -> dict[str, Any]:
 
 def _reuse(directory: Path, weights_sha: str, bounds: Bounds, into: Path) -> ExportManifest | None:
     """Copy a checked fp32 executorch export of the same weights, bounds and executorch into `into`."""
-    if not directory.is_dir():
-        return None
-    try:
-        manifest = ExportManifest.read(directory)
-    except EngineError as exc:
-        log.info("not reusing %s: %s", directory, exc)
-        return None
-    same = (manifest.target, manifest.precision, manifest.weights_sha256, manifest.executorch) == (TARGET, "fp32", weights_sha, executorch_version())
-    if not same or manifest.bounds.get("limits") != asdict(bounds):
-        return None
-    for entry in manifest.graphs.values():
-        shutil.copyfile(directory / entry.file, into / entry.file)
-    log.info("starting from the fp32 executorch export in %s (same weights and bounds)", directory)
-    return replace(manifest, assets={})
+    same = (TARGET, "fp32", weights_sha, executorch_version(), asdict(bounds))
+    manifest = copy_reusable(directory, into, lambda m: (m.target, m.precision, m.weights_sha256, m.executorch, m.bounds.get("limits")) == same)
+    return None if manifest is None else replace(manifest, assets={})
 
 
 def write_assets(model_dir: Path, into: Path) -> dict[str, dict[str, str]]:
