@@ -367,6 +367,12 @@ def decoder_shape(decoder: BertLM) -> tuple[int, int, int]:
     return decoder.bert.num_layers, config.num_heads, config.hidden_size // config.num_heads
 
 
+def decoder_shapes(graphs: dict[str, Graph]) -> dict[str, list[int]]:
+    """{decoder: [layers, heads, head dim]} of every decoder `graphs` has: what an export's manifest records."""
+    steps = {d: decoder_graph(d, STEP) for d in DECODER_HEADS}
+    return {d: list(decoder_shape(graphs[s].decoder)) for d, s in steps.items() if s in graphs}
+
+
 _ENCODERS = {"vision": VisionGraph, "text": TextGraph, "fusion": FusionGraph, "multimodal": MultimodalGraph, "nlvr": NlvrGraph}
 
 

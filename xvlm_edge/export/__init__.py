@@ -179,7 +179,7 @@ def _fp32(checkpoint, model_dir: Path, target: str, into: Path, threads: int | N
     from xvlm_edge.cpu import cpu_flags, cpu_name
     from xvlm_edge.export.onnx import OPSET, export_fp32
     from xvlm_edge.files import sha256_file
-    from xvlm_edge.graphs import DECODER_HEADS, STEP, build_graphs, catalogue, decoder_graph, decoder_shape
+    from xvlm_edge.graphs import build_graphs, catalogue, decoder_shapes
     from xvlm_edge.manifest import WEIGHTS_FILE
     from xvlm_edge.runtime.onnxruntime_backend import require_onnxruntime
 
@@ -189,14 +189,13 @@ def _fp32(checkpoint, model_dir: Path, target: str, into: Path, threads: int | N
         parity = export_fp32(checkpoint.model, into, threads=threads)
     specs = catalogue(checkpoint.config.heads)
     graphs = build_graphs(checkpoint.model)
-    steps = {d: decoder_graph(d, STEP) for d in DECODER_HEADS}
     return ExportManifest(
         target=target,
         precision="fp32",
         weights_sha256=weights,
         config=json.loads(json.dumps(checkpoint.config.to_dict())),  # as read back: lists, not tuples
         graphs={name: _graph_file(into / f"{name}.onnx", spec, "float32") for name, spec in specs.items()},
-        decoders={d: list(decoder_shape(graphs[s].decoder)) for d, s in steps.items() if s in graphs},
+        decoders=decoder_shapes(graphs),
         opset=OPSET,
         exporter=f"torch.onnx TorchScript exporter, torch {torch.__version__}",
         onnxruntime=require_onnxruntime().__version__,

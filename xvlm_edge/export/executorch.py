@@ -61,7 +61,6 @@ from xvlm_edge.export.int8 import DESCRIPTIONS, DYNAMIC, FLOAT, GraphPlan, Quant
 from xvlm_edge.export.onnx import FP32_ATOL, TRACE_SIZES, Sizes, check_parity, example_inputs
 from xvlm_edge.graphs import (
     CROSS_KV,
-    DECODER_HEADS,
     MAX_DECODER_TOKENS,
     MAX_TOKENS,
     SCORE,
@@ -69,8 +68,7 @@ from xvlm_edge.graphs import (
     Graph,
     GraphSpec,
     build_graphs,
-    decoder_graph,
-    decoder_shape,
+    decoder_shapes,
 )
 from xvlm_edge.manifest import ExportManifest, GraphFile, copy_reusable, export_dir
 from xvlm_edge.runtime.base import Runtime
@@ -317,14 +315,13 @@ def export_fp32(checkpoint, model_dir: Path, into: Path, bounds: Bounds, threads
             "this is an exporter bug for this graph; report it with the model config and the bounds",
         )  # fmt: skip
         log.info("exported %s: arena %.2f MiB, max |et - torch| %.2e over %d sizes", name, lowered.arena / 2**20, parity[name]["max_abs"], len(kind_cases))
-    steps = {d: decoder_graph(d, STEP) for d in DECODER_HEADS}
     return ExportManifest(
         target=TARGET,
         precision="fp32",
         weights_sha256=weights,
         config=json.loads(json.dumps(checkpoint.config.to_dict())),  # as read back: lists, not tuples
         graphs=entries,
-        decoders={d: list(decoder_shape(graphs[s].decoder)) for d, s in steps.items() if s in graphs},
+        decoders=decoder_shapes(graphs),
         exporter=f"torch.export (non-strict) + to_edge_transform_and_lower(XnnpackPartitioner), torch {torch.__version__}",
         executorch=executorch_version(),
         machine=platform.machine(),
