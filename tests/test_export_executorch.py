@@ -30,11 +30,11 @@ from xvlm_edge.cli import main
 from xvlm_edge.config import LAYOUT_HEADS, SwinConfig, get_preset
 from xvlm_edge.errors import EngineError, InputError, StaleExportError
 from xvlm_edge.export import export_model
-from xvlm_edge.export.executorch import Bounds, check_cases, decoder_inputs
+from xvlm_edge.export.executorch import Bounds, case_kind, check_cases, decoder_inputs
 from xvlm_edge.export.gate import Thresholds
 from xvlm_edge.export.onnx import FP32_ATOL, TRACE_SIZES, Sizes, check_parity, example_inputs
 from xvlm_edge.files import sha256_file
-from xvlm_edge.graphs import SCORE, STEP, build_graphs, catalogue
+from xvlm_edge.graphs import build_graphs, catalogue
 from xvlm_edge.manifest import ExportManifest
 from xvlm_edge.models.xvlm import XVLM
 from xvlm_edge.runtime import create_runtime
@@ -97,8 +97,10 @@ def test_manifest_files_bounds_and_arena(model_dir: Path) -> None:
         parity = manifest.parity["fp32_vs_torch"][name]
         assert parity["max_abs"] <= FP32_ATOL and len(parity["cases"]) >= 3
     vision, step = manifest.graphs["vision"], manifest.graphs["caption_step"]
-    assert vision.shapes["pixels"] == ["images", 3, 32, 32] and vision.bounds == {"images": [1, 4]}
-    assert vision.shapes["image_embeds"] == ["images", 65, 16] and vision.shapes["image_feat"] == ["images", 16]
+    assert vision.shapes["pixels"] == [1, 3, 32, 32] and vision.bounds == {}  # one image: lowered whole
+    assert vision.shapes["image_embeds"] == [1, 65, 16] and vision.shapes["image_feat"] == [1, 16]
+    assert manifest.graphs["caption_cross_kv"].shapes["states"] == [1, 65, 16]
+    assert manifest.graphs["fusion"].bounds["images"] == [1, 4]
     assert manifest.graphs["text"].dtypes["text_ids"] == "int64" and manifest.graphs["text"].bounds == {"rows": [1, 32], "tokens": [1, 40]}
     assert step.shapes["cross_k"] == [1, 1, 2, 65, 16] and step.shapes["self_atts"] == ["rows", "total"]  # one image, 1 + N keys
     assert step.bounds == {"new": [1, 40], "past": [0, 39], "rows": [1, 8], "total": [1, 40]} and step.relations == ["total = past + new"]
@@ -122,11 +124,12 @@ def test_parity_at_fresh_sizes(model_dir: Path) -> None:
     model = load_directory(model_dir).model
     graphs = build_graphs(model)
     encoder = [(s, example_inputs(model, graphs, s, seed=7 + i)) for i, s in enumerate(FRESH_ENCODER)]
+    single = [(s, example_inputs(model, graphs, s, seed=11 + i)) for i, s in enumerate(dataclasses.replace(s, images=1) for s in FRESH_ENCODER)]
     decoder = [(s, decoder_inputs(model, graphs, s, seed=9 + i)) for i, s in enumerate(FRESH_DECODER)]
     manifest = ExportManifest.read(model_dir / "export" / "executorch-fp32")
     for name, graph in graphs.items():
         entry = manifest.graphs[name]
-        cases = decoder if graph.spec.kind in (STEP, SCORE) else encoder
+        cases = {"decoder": decoder, "encoder": encoder, "one_image": single}[case_kind(graph.spec)]
         found = check_parity(name, PteMethod(model_dir / "export" / "executorch-fp32" / entry.file, entry), graphs, cases, FP32_ATOL, "test", "")
         assert found["max_abs"] <= FP32_ATOL, name
     assert all(s != TRACE_SIZES for s in FRESH_ENCODER)

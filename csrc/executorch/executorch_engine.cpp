@@ -1,6 +1,6 @@
 #include "executorch_engine.hpp"
 
-#include <executorch/extension/data_loader/file_data_loader.h>
+#include <executorch/extension/data_loader/mmap_data_loader.h>
 #include <executorch/extension/memory_allocator/malloc_memory_allocator.h>
 #include <executorch/runtime/core/hierarchical_allocator.h>
 #include <executorch/runtime/executor/method.h>
@@ -29,7 +29,7 @@ namespace {
 
 namespace et = ::executorch::runtime;
 using ::executorch::aten::ScalarType;
-using ::executorch::extension::FileDataLoader;
+using ::executorch::extension::MmapDataLoader;
 using ::executorch::extension::MallocMemoryAllocator;
 
 std::string error_text(et::Error error) {
@@ -129,18 +129,21 @@ void check_call(const GraphEntry& g, const std::vector<const Tensor*>& inputs) {
   }
 }
 
-// A program and the loader it reads from (the loader must outlive the program).
+// A program and the loader it reads from (the loader must outlive the program). The file is mapped, not read:
+// a constant is resident only where a call touches it (an embedding table's used rows), and a delegate's
+// weights are unmapped once XNNPACK has packed them, so a model costs about one copy of its weights.
 struct LoadedProgram {
   const GraphEntry* entry = nullptr;
-  std::unique_ptr<FileDataLoader> loader;
+  std::unique_ptr<MmapDataLoader> loader;
   std::unique_ptr<et::Program> program;
   std::vector<std::size_t> planned_bytes;  // one per memory-planned buffer
 };
 
 // One session's method of one graph, with the memory it runs in. Members are destroyed bottom-up: the
-// method before the allocators it points into.
+// method before the allocators it points into. The planned buffers are not zeroed: an arena is sized for the
+// export's bounds and a call smaller than them touches, so makes resident, only the pages it uses.
 struct LoadedMethod {
-  std::vector<std::vector<std::uint8_t>> planned;
+  std::vector<std::unique_ptr<std::uint8_t[]>> planned;
   std::vector<et::Span<std::uint8_t>> spans;
   std::unique_ptr<et::HierarchicalAllocator> planned_memory;
   MallocMemoryAllocator method_allocator;
@@ -194,9 +197,9 @@ class ExecuTorchEngine final : public GraphEngine {
     LoadedProgram p;
     p.entry = &entry;
     const std::string path = directory + "/" + entry.file;
-    auto loader = FileDataLoader::from(path.c_str());
+    auto loader = MmapDataLoader::from(path.c_str(), MmapDataLoader::MlockConfig::NoMlock);
     if (!loader.ok()) throw ModelError("ExecuTorch cannot open " + path + ": " + error_text(loader.error()));
-    p.loader = std::make_unique<FileDataLoader>(std::move(loader.get()));
+    p.loader = std::make_unique<MmapDataLoader>(std::move(loader.get()));
     // InternalConsistency checks every offset in the flatbuffer: a truncated or corrupted file is refused
     // here rather than read out of bounds later.
     auto program = et::Program::load(p.loader.get(), et::Program::Verification::InternalConsistency);
@@ -237,8 +240,8 @@ LoadedMethod& ExecuTorchSession::method(const std::string& graph) {
   const LoadedProgram& p = engine_.program(graph);
   auto m = std::make_unique<LoadedMethod>();
   for (std::size_t bytes : p.planned_bytes) {
-    m->planned.emplace_back(bytes);
-    m->spans.emplace_back(m->planned.back().data(), bytes);
+    m->planned.emplace_back(new std::uint8_t[bytes]);  // default-initialised: no page is touched here
+    m->spans.emplace_back(m->planned.back().get(), bytes);
   }
   m->planned_memory = std::make_unique<et::HierarchicalAllocator>(et::Span<et::Span<std::uint8_t>>(m->spans.data(), m->spans.size()));
   m->memory = std::make_unique<et::MemoryManager>(&m->method_allocator, m->planned_memory.get(), &m->temp_allocator);

@@ -1,7 +1,9 @@
 // The ExecuTorch engine: the `.pte` programs of an export directory behind the GraphEngine interface (CPU,
 // XNNPACK delegate). The wheel ships no extension::Module library, so this is the runtime's own API:
-// Program::load over a FileDataLoader, MethodMeta to size the planned buffers, HierarchicalAllocator +
-// MemoryManager per method, and Method::set_input / execute / get_output.
+// Program::load over a MmapDataLoader, MethodMeta to size the planned buffers, HierarchicalAllocator +
+// MemoryManager per method, and Method::set_input / execute / get_output. The programs are mapped for the
+// model's lifetime: an export is replaced by renaming a new directory in (manifest.py), never by rewriting
+// a file in place, which would pull pages from under a mapping.
 //
 // The engine owns the Programs (mapped file contents, weights): shared by every session, read-only. A
 // session loads its own Method per graph on first use (its planned arena, XNNPACK's packed weights and

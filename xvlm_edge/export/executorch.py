@@ -7,7 +7,11 @@ there is one), so the directory is all the lamp's C++ SDK reads.
 
 Shapes. Each graph goes through `torch.export` (non-strict) with a `torch.export.Dim` per dynamic axis of the
 catalogue, bounded by `Bounds` (lamp-sized: 4 images, 32 phrases or statements, 40 tokens, 8 beams, 40 decoder
-tokens). The catalogue's size relations (`graphs.AXIS_RELATIONS`):
+tokens), except that the vision and cross K/V programs take exactly one image (question): XNNPACK lowers no
+reshape or slice with a symbolic size, so a dynamic image axis leaves every window partition and head split
+outside it. Measured on the base preset's INT8 vision graph (2 threads): one image 249 ms and a 79 MiB arena,
+1..4 images 265 ms and 273 MiB. The runtime runs B images as B calls, as it does for the decoder steps.
+The catalogue's size relations (`graphs.AXIS_RELATIONS`):
 - `total = past + new` is derived by torch.export itself (the self-attention mask's length is `Dim.AUTO`; the
   cache concatenation proves the sum). A derived Dim of two roots cannot be declared, so the sum has no bound
   of its own in the program: its memory is planned for past.max + new.max, and the manifest records the
@@ -88,7 +92,7 @@ class Bounds:
     at once. Calls past `images`, `text_rows` or `beams` are cut by the runtime; past `tokens` or
     `decoder_tokens` they are refused. Each bound costs planned memory (the module docstring)."""
 
-    images: int = 4  # images per vision / cross K/V call (VQA's answer decoder: questions)
+    images: int = 4  # images per fusion / multimodal / NLVR2 call (vision and cross K/V programs take one)
     text_rows: int = 32  # phrases, statements or texts per text / fusion / multimodal / nlvr call
     tokens: int = MAX_TOKENS  # tokens per text or question (the official checkpoints' max_tokens)
     beams: int = 8  # decoder rows per call, all reading one image: beams, or one question's candidate answers
@@ -115,15 +119,20 @@ class Bounds:
         }
 
 
+def one_image(spec: GraphSpec) -> bool:
+    """Whether the program takes exactly one image (question): vision and cross K/V (the module docstring)."""
+    return spec.name == "vision" or spec.kind == CROSS_KV
+
+
 def axis_names(spec: GraphSpec) -> dict[str, dict[int, str | None]]:
     """{tensor: {dim: the program's axis name, or None where the program fixes the dimension}}: the
     catalogue's axes, with the module docstring's relations applied."""
     caption = spec.decoder == "caption"
-    rename: dict[str, str | None] = {}
+    rename: dict[str, str | None] = {"images": None} if one_image(spec) else {}
     if spec.kind in (STEP, SCORE):
         rename = {"images": None, "keys": None if caption else "keys", "cross_tokens": None if caption else "keys"}
     elif spec.kind == CROSS_KV:
-        rename = {"tokens": None if caption else "tokens", "keys": None if caption else "tokens"}
+        rename |= {"tokens": None if caption else "tokens", "keys": None if caption else "tokens"}
     return {tensor: {dim: rename.get(axis, axis) for dim, axis in axes.items()} for tensor, axes in spec.axes.items()}
 
 
@@ -177,14 +186,15 @@ class Recipe:
 
 
 def recipes(model, graphs: dict[str, Graph], bounds: Bounds) -> dict[str, Recipe]:
-    """Every graph's recipe: encoders and cross K/V traced at `onnx.TRACE_SIZES` (within the bounds), decoder
-    steps at one image with 3 rows, 6 cached and 2 new tokens."""
+    """Every graph's recipe: encoders and cross K/V traced at `onnx.TRACE_SIZES` (within the bounds; one image
+    where the program takes one), decoder steps at one image with 3 rows, 6 cached and 2 new tokens."""
     t = TRACE_SIZES
-    encoder = example_inputs(model, graphs, Sizes(min(t.images, bounds.images), min(t.rows, bounds.text_rows), min(t.tokens, bounds.tokens), 0, 1))
+    encoder = Sizes(min(t.images, bounds.images), min(t.rows, bounds.text_rows), min(t.tokens, bounds.tokens), 0, 1)
+    many, single = example_inputs(model, graphs, encoder), example_inputs(model, graphs, replace(encoder, images=1))
     decoder = decoder_inputs(model, graphs, Sizes(1, min(3, bounds.beams), min(t.tokens, bounds.tokens), min(t.past, bounds.decoder_tokens - 2), 2))
     out = {}
     for name, graph in graphs.items():
-        example = decoder[name] if graph.spec.kind in (STEP, SCORE) else encoder[name]
+        example = decoder[name] if graph.spec.kind in (STEP, SCORE) else single[name] if one_image(graph.spec) else many[name]
         with torch.no_grad():
             outputs = tuple(graph(*example))
         out[name] = Recipe(graph.spec, example, outputs, axis_names(graph.spec), bounds.ranges(graph.spec))
@@ -205,11 +215,12 @@ def decoder_inputs(model, graphs: dict[str, Graph], size: Sizes, seed: int = 0) 
 
 
 def check_cases(model, graphs: dict[str, Graph], bounds: Bounds) -> dict[str, list[tuple[Sizes, dict]]]:
-    """The parity cases, none at a traced size: {"encoder": ..., "decoder": ...} (cross K/V programs take the
-    encoder cases). One at the bounds, where the planned memory is full; decoders also at an empty cache and
-    at a whole prefix of `decoder_tokens` (the uncached reference decoder's call)."""
+    """The parity cases, none at a traced size, by `case_kind`. One at the bounds, where the planned memory is
+    full; decoders also at an empty cache and at a whole prefix of `decoder_tokens` (the uncached reference
+    decoder's call)."""
     b = bounds
     encoder = (Sizes(1, 1, 3, 0, 1), Sizes(min(3, b.images), 2, min(7, b.tokens), 0, 1), Sizes(b.images, b.text_rows, b.tokens, 0, 1))
+    single = tuple(replace(s, images=1) for s in encoder)
     decoder = (
         Sizes(1, 1, 3, 0, 4),
         Sizes(1, min(3, b.beams), min(7, b.tokens), min(6, b.decoder_tokens - 1), 1),
@@ -218,8 +229,14 @@ def check_cases(model, graphs: dict[str, Graph], bounds: Bounds) -> dict[str, li
     )
     return {
         "encoder": [(s, example_inputs(model, graphs, s, seed=100 + i)) for i, s in enumerate(encoder)],
+        "one_image": [(s, example_inputs(model, graphs, s, seed=300 + i)) for i, s in enumerate(single)],
         "decoder": [(s, decoder_inputs(model, graphs, s, seed=200 + i)) for i, s in enumerate(decoder)],
     }
+
+
+def case_kind(spec: GraphSpec) -> str:
+    """Which of `check_cases` a program is checked on."""
+    return "decoder" if spec.kind in (STEP, SCORE) else "one_image" if one_image(spec) else "encoder"
 
 
 @dataclass
@@ -309,7 +326,7 @@ def export_fp32(checkpoint, model_dir: Path, into: Path, bounds: Bounds, threads
         path = into / f"{name}.pte"
         path.write_bytes(lowered.buffer)
         entries[name] = found[name].graph_file(path, lowered.arena, "float32", 0)
-        kind_cases = cases["decoder" if graph.spec.kind in (STEP, SCORE) else "encoder"]
+        kind_cases = cases[case_kind(graph.spec)]
         parity[name] = check_parity(
             name, PteMethod(path, entries[name]), graphs, kind_cases, FP32_ATOL, "ExecuTorch export",
             "this is an exporter bug for this graph; report it with the model config and the bounds",
@@ -338,15 +355,17 @@ def bounds_record(bounds: Bounds) -> dict[str, Any]:
     return {
         "limits": asdict(bounds),
         "decoder_images": 1,  # step/score programs read one image's (question's) cross K/V; B images are B calls
+        "one_image_programs": ["vision", CROSS_KV],  # take exactly one image (question); B images are B calls
         "planned_total": bounds.decoder_tokens * 2 - 1,  # past.max + new.max: what `total` is planned for
         "cut_by_runtime": ["images", "rows"],  # axes a call past the bound is cut along; others are refused
     }
 
 
 def _reuse(directory: Path, weights_sha: str, bounds: Bounds, into: Path) -> ExportManifest | None:
-    """Copy a checked fp32 executorch export of the same weights, bounds and executorch into `into`."""
-    same = (TARGET, "fp32", weights_sha, executorch_version(), asdict(bounds))
-    manifest = copy_reusable(directory, into, lambda m: (m.target, m.precision, m.weights_sha256, m.executorch, m.bounds.get("limits")) == same)
+    """Copy a checked fp32 executorch export of the same weights, bounds (and what the programs make of them)
+    and executorch into `into`."""
+    same = (TARGET, "fp32", weights_sha, executorch_version(), bounds_record(bounds))
+    manifest = copy_reusable(directory, into, lambda m: (m.target, m.precision, m.weights_sha256, m.executorch, m.bounds) == same)
     return None if manifest is None else replace(manifest, assets={})
 
 
@@ -437,10 +456,12 @@ __all__ = [
     "Recipe",
     "axis_names",
     "bounds_record",
+    "case_kind",
     "check_cases",
     "decoder_inputs",
     "export_fp32",
     "lower",
+    "one_image",
     "recipes",
     "write_assets",
 ]

@@ -28,6 +28,14 @@ def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
 
 
+def roll2d(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """`torch.roll(x, (shift, shift), dims=(1, 2))` as slices and concatenations: the same values, and ops
+    that export to every target (ExecuTorch lowers a roll to index arithmetic outside XNNPACK)."""
+    s = shift % x.shape[1]
+    x = torch.cat((x[:, -s:], x[:, :-s]), dim=1)
+    return torch.cat((x[:, :, -s:], x[:, :, :-s]), dim=2)
+
+
 def relative_position_index(window: int) -> torch.Tensor:
     """(w*w, w*w) index into the (2w-1)^2 bias table for every (query, key) pair of a window."""
     coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
@@ -64,17 +72,23 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         bw, n, c = x.shape  # (B*nW, w*w, C)
-        qkv = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]  # (B*nW, heads, w*w, d)
-        attn = q @ k.transpose(-2, -1)
+        heads = self.num_heads
+
+        def split_heads(t: torch.Tensor) -> torch.Tensor:  # (B*nW, w*w, C) -> (B*nW*heads, w*w, d)
+            return t.reshape(bw, n, heads, c // heads).transpose(1, 2).reshape(bw * heads, n, c // heads)
+
+        # Three channel slices and explicit bmm (not a 5-D permute, indexing and 4-D `@`): the same arithmetic,
+        # in ops an export lowers whole (`@` on 4-D tensors exports as expand copies and bmm).
+        qkv = self.qkv(x)
+        q, k, v = (split_heads(qkv[..., i * c : (i + 1) * c]) for i in range(3))
+        attn = torch.bmm(q * self.scale, k.transpose(1, 2)).view(bw, heads, n, n)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         attn = attn + bias.view(n, n, -1).permute(2, 0, 1)[None]  # (1, heads, w*w, w*w)
         if mask is not None:
             nw = mask.shape[0]
-            attn = attn.view(bw // nw, nw, self.num_heads, n, n) + mask[None, :, None]
-            attn = attn.view(bw, self.num_heads, n, n)
-        out = attn.softmax(dim=-1) @ v  # (B*nW, heads, w*w, d)
-        return self.proj(out.transpose(1, 2).reshape(bw, n, c))
+            attn = attn.view(bw // nw, nw, heads, n, n) + mask[None, :, None]
+        out = torch.bmm(attn.reshape(bw * heads, n, n).softmax(dim=-1), v)  # (B*nW*heads, w*w, d)
+        return self.proj(out.view(bw, heads, n, c // heads).transpose(1, 2).reshape(bw, n, c))
 
 
 class SwinBlock(nn.Module):
@@ -97,11 +111,11 @@ class SwinBlock(nn.Module):
         r = self.resolution
         h = self.norm1(x).view(b, r, r, c)
         if self.shift:
-            h = torch.roll(h, shifts=(-self.shift, -self.shift), dims=(1, 2))
+            h = roll2d(h, -self.shift)
         h = self.attn(window_partition(h, self.window), self.attn_mask)
         h = window_reverse(h, self.window, r, r)  # (B, H, W, C)
         if self.shift:
-            h = torch.roll(h, shifts=(self.shift, self.shift), dims=(1, 2))
+            h = roll2d(h, self.shift)
         x = x + h.reshape(b, n, c)
         return x + self.mlp(self.norm2(x))
 
@@ -117,9 +131,11 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, c = x.shape
-        x = x.view(b, self.resolution, self.resolution, c)
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+        half = self.resolution // 2
+        # The official channel order is the four neighbours (row, col) = (0,0), (1,0), (0,1), (1,1): column
+        # parity major. One permute gives it (strided slices and a concatenation export outside XNNPACK).
+        x = x.view(b, half, 2, half, 2, c).permute(0, 1, 3, 4, 2, 5)  # (B, H/2, W/2, col parity, row parity, C)
+        return self.reduction(self.norm(x.reshape(b, half * half, 4 * c)))
 
 
 class SwinStage(nn.Module):
