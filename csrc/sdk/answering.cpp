@@ -54,19 +54,6 @@ json read_json(const std::string& path, const std::string& what) {
   return doc;
 }
 
-// A positive int at doc[path...], or ModelError naming it.
-int positive(const json& doc, std::initializer_list<const char*> path) {
-  const json* at = &doc;
-  std::string where = "manifest";
-  for (const char* key : path) {
-    where += std::string(".") + key;
-    if (!at->is_object() || !at->contains(key)) throw ModelError(where + " is missing (the export has answer graphs)");
-    at = &at->at(key);
-  }
-  if (!at->is_number_integer() || at->get<std::int64_t>() < 1 || at->get<std::int64_t>() > 1 << 20) throw ModelError(where + " is not a positive integer");
-  return static_cast<int>(at->get<std::int64_t>());
-}
-
 // torch.topk(values, k) on the CPU (largest, sorted): indices into `values`. torch pairs (value, index),
 // takes std::partial_sort when k * 64 <= n and otherwise std::nth_element at k - 1 followed by std::sort of
 // the first k - 1, with NaN ordered first. The same standard algorithms on the same sequence break ties the
@@ -126,24 +113,15 @@ std::optional<AnswerSetup> load_answer_setup(const Manifest& manifest, const Tok
     }
   }
 
+  if (!manifest.answer) throw ModelError("manifest: decoders.answer is missing (the export has answer graphs)");
+  const AnswerSettings& settings = *manifest.answer;
   AnswerSetup setup;
-  const json doc = read_json(manifest.directory + "/manifest.json", "manifest");
-  const json& cache = doc.contains("decoders") && doc["decoders"].is_object() && doc["decoders"].contains("answer") ? doc["decoders"]["answer"] : json();
-  bool shaped = cache.is_array() && cache.size() == 3;
-  for (std::size_t i = 0; shaped && i < 3; ++i) {
-    shaped = cache[i].is_number_integer() && cache[i].get<std::int64_t>() >= 1;
-    if (shaped) setup.cache[i] = cache[i].get<std::int64_t>();
-  }
-  if (!shaped) throw ModelError("manifest: decoders.answer is not [layers, heads, head_dim] (the export has answer graphs)");
-  setup.k_test = positive(doc, {"config", "tasks", "vqa_k_test"});
-  setup.max_new_tokens = positive(doc, {"config", "tasks", "answer_max_length"});
-
-  const json& assets = doc.contains("assets") ? doc["assets"] : json();
-  if (assets.is_object() && assets.contains("answer_list")) {
-    const json& entry = assets["answer_list"];
-    if (!entry.is_object() || !entry.contains("file") || !entry["file"].is_string()) throw ModelError("manifest: assets.answer_list has no file name");
-    // Manifest::open has checked that the name is a plain file in the directory and its sha256.
-    const std::string path = manifest.directory + "/" + entry["file"].get<std::string>();
+  setup.cache = settings.cache;
+  setup.k_test = settings.k_test;
+  setup.max_new_tokens = settings.max_new_tokens;
+  if (!settings.answer_list_path.empty()) {
+    // Manifest::open has checked the file's sha256; its contents are the answer list's own format.
+    const std::string& path = settings.answer_list_path;
     const json list = read_json(path, "answer list");
     if (!list.is_array() || list.empty()) throw ModelError("answer list " + path + " is not a non-empty JSON list of answer strings");
     for (std::size_t i = 0; i < list.size(); ++i) {

@@ -228,6 +228,25 @@ TaskSettings parse_settings(const json& config) {
   return s;
 }
 
+// decoders.answer with its task settings and answer list, or nullopt when the export records no answer decoder.
+std::optional<AnswerSettings> parse_answer(const json& doc, const std::string& directory) {
+  const json& decoders = field(doc, "decoders", "the top level");
+  if (!decoders.is_object() || !decoders.contains("answer")) return std::nullopt;
+  AnswerSettings a;
+  const auto cache = get_integers(decoders, "answer", "decoders");
+  if (cache.size() != 3 || cache[0] < 1 || cache[1] < 1 || cache[2] < 1) throw ModelError("manifest: decoders.answer is not [layers, heads, head_dim]");
+  a.cache = {cache[0], cache[1], cache[2]};
+  const json& tasks = field(field(doc, "config", "the top level"), "tasks", "config");
+  a.k_test = get<int>(tasks, "vqa_k_test", "config.tasks");
+  a.max_new_tokens = get<int>(tasks, "answer_max_length", "config.tasks");
+  if (a.k_test < 1 || a.max_new_tokens < 1) throw ModelError("manifest: config.tasks.vqa_k_test and answer_max_length must be positive");
+  const json& assets = field(doc, "assets", "the top level");
+  if (assets.contains("answer_list")) {
+    a.answer_list_path = file_in(directory, get<std::string>(assets.at("answer_list"), "file", "assets.answer_list"), "assets.answer_list");
+  }
+  return a;
+}
+
 }  // namespace
 
 std::size_t GraphEntry::output_index(const std::string& tensor) const {
@@ -307,6 +326,7 @@ Manifest Manifest::parse(std::string_view text, const std::string& directory) {
                   "asset answer_list");
     }
     m.vocab_path = file_in(directory, get<std::string>(field(assets, "vocab", "assets"), "file", "assets.vocab"), "assets.vocab");
+    m.answer = parse_answer(doc, directory);
   } catch (const json::exception& e) {
     throw ModelError(path + ": " + e.what());
   }

@@ -14,6 +14,7 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -86,11 +87,22 @@ struct TaskSettings {
   int caption_num_beams = 1;
 };
 
+// The VQA answer decoder's entries, where the export records one (decoders.answer): its cache shape, the
+// config's tasks.vqa_k_test and tasks.answer_max_length, and the answer list's path (assets.answer_list,
+// empty when the export ships none).
+struct AnswerSettings {
+  std::array<std::int64_t, 3> cache{};  // layers, heads, head dim
+  int k_test = 0;
+  int max_new_tokens = 0;
+  std::string answer_list_path;
+};
+
 struct Manifest {
   std::string directory;
   std::string precision;
   std::map<std::string, GraphEntry> graphs;
   std::array<std::int64_t, 3> caption_cache{};  // layers, heads, head dim of the caption decoder's cache
+  std::optional<AnswerSettings> answer;          // set when the export has an answer decoder
   Limits limits;
   TaskSettings settings;
   std::string vocab_path;
