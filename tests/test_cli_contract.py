@@ -496,7 +496,8 @@ def test_a_signal_exits_with_one_line_and_cleans_up(files, twenty: Path, tmp_pat
         if path.name not in ("05.png", "13.png"):
             shutil.copy(path, good / path.name)
     out = tmp_path / "captions.jsonl"
-    process = start("caption", *[str(good)] * 60, "--model", files["model"], "--beams", "1", "--jsonl", "--output", str(out))
+    # 600 passes over the folder: far more work than the time a loaded machine takes to deliver the signal
+    process = start("caption", *[str(good)] * 600, "--model", files["model"], "--beams", "1", "--jsonl", "--output", str(out))
     assert json.loads(process.stdout.readline())["index"] == 0
     process.send_signal(sent)
     _, stderr = process.communicate(timeout=60)
