@@ -124,7 +124,8 @@ def test_parity_at_fresh_sizes(model_dir: Path) -> None:
     model = load_directory(model_dir).model
     graphs = build_graphs(model)
     encoder = [(s, example_inputs(model, graphs, s, seed=7 + i)) for i, s in enumerate(FRESH_ENCODER)]
-    single = [(s, example_inputs(model, graphs, s, seed=11 + i)) for i, s in enumerate(dataclasses.replace(s, images=1) for s in FRESH_ENCODER)]
+    one_image = [dataclasses.replace(s, images=1) for s in FRESH_ENCODER]
+    single = [(s, example_inputs(model, graphs, s, seed=11 + i)) for i, s in enumerate(one_image)]
     decoder = [(s, decoder_inputs(model, graphs, s, seed=9 + i)) for i, s in enumerate(FRESH_DECODER)]
     manifest = ExportManifest.read(model_dir / "export" / "executorch-fp32")
     for name, graph in graphs.items():

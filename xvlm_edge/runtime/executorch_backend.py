@@ -8,9 +8,9 @@ gate run on it through `api.Model` unchanged.
 
 The tasks cut their calls to the catalogue's chunk limits (16 images, 128 text rows, 128 decoder rows), which
 are larger than the lamp's bounds. So a call past a bound on an axis whose rows are independent is cut here
-into calls that fit, which changes no result (`tasks/batching.py` says why): images (vision, cross K/V), text
-rows (text; fusion, multimodal and NLVR2 with at most `images` distinct images per piece, renumbered), and
-decoder rows. Decoder step/score programs read one image's (question's) cross K/V (`rows = images x r` is a
+into calls that fit, which changes no result (`tasks/batching.py` says why): images (vision and cross K/V,
+one per call: those programs take one), text rows (text; fusion, multimodal and NLVR2 with at most `images`
+distinct images per piece, renumbered), and decoder rows. Decoder step/score programs read one image's (question's) cross K/V (`rows = images x r` is a
 product of two sizes, which `torch.export` cannot bound), so a decoder call over B images is B calls, each
 cut into pieces of at most `rows` beams or candidate answers. A call past any other bound (tokens, the
 decoder's cached + new tokens, question tokens) cannot be cut: it is refused with an EngineError naming the
