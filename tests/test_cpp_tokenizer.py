@@ -185,7 +185,7 @@ def corpus(n: int, seed: int = 0) -> tuple[str, ...]:
     texts: list[str] = []
     for i in range(12):
         scene = synthetic.describe(synthetic.sample_scene(seed, i))
-        texts += scene.captions + [q for q, _, _ in scene.questions] + [s for s, _ in scene.statements]
+        texts += scene.captions + [q for q, _, _ in scene.questions] + [s for s, _, _ in scene.statements]
         texts += [name for _, names in scene.regions for name in names]
     texts += ["", " ", "\t\n", "\x00", "\u200b", "\ufffd", "[SEP]", "a picture of ", "A PICTURE OF"]
     texts += [gen.big() for _ in range(max(4, n // 1000))]

@@ -152,14 +152,39 @@ def reference_run(reference_out: Path) -> list[dict]:
 def test_evaluate_reports_every_metric(reference_out: Path, synth: Path) -> None:
     from training import evaluate
 
-    result = evaluate.evaluate(reference_out / "model", synth, num_scenes=12, k_test=4)
+    result = evaluate.evaluate(reference_out / "model", [synth], num_scenes=12, k_test=4, threads=1)["sets"][synth.name]
     retrieval, grounding, check = result["retrieval"], result["grounding"], result["check"]
     assert retrieval["gallery"] == 12 and 0 <= retrieval["img_r1"] <= retrieval["img_r5"] <= 1
     assert 0 <= retrieval["txt_r1"] <= retrieval["txt_r5"] <= 1
     assert retrieval["img_r1"] <= retrieval["img_r1_same_text"] and 0 < retrieval["r1_ceiling"] <= 1
     assert grounding["phrases"] > 12 and 0 <= grounding["acc_iou50"] <= 1
-    assert check["statements"] == 48 and 0 <= check["accuracy"] <= 1
+    images = {r["image"] for r in evaluate.read_jsonl(synth / "captions.jsonl")[:12]}
+    statements = [r for r in evaluate.read_jsonl(synth / "check.jsonl") if r["image"] in images]
+    assert check["statements"] == len(statements) and sum(c["statements"] for c in check["by_kind"].values()) == len(statements)
+    assert 0 <= check["accuracy"] <= 1 and 0 <= check["balanced_accuracy"] <= 1
     assert "skipped" in result["caption"] and "skipped" in result["vqa"]  # a pretraining checkpoint
+
+
+def test_evaluation_is_what_model_check_serves(reference_out: Path, synth: Path) -> None:
+    """The check figure is the served verdicts' (p >= threshold on `Model.match`), statement for statement."""
+    import xvlm_edge
+    from training import evaluate
+
+    api = xvlm_edge.load(reference_out / "model", threads=1)
+    first = evaluate.read_jsonl(synth / "captions.jsonl")[0]["image"]
+    records = [r for r in evaluate.read_jsonl(synth / "check.jsonl") if r["image"] == first]
+    probs = api.match(str(synth / first), [r["statement"] for r in records])
+    right = [(p >= api.config.check_threshold) == r["label"] for p, r in zip(probs, records)]
+    assert evaluate.check_accuracy(api, synth, {first: records})["accuracy"] == pytest.approx(sum(right) / len(right))
+
+
+def test_caption_faithfulness_counts_only_pairs_in_the_scene() -> None:
+    from training.evaluate import faithfulness, named_pairs
+
+    assert named_pairs("Two red circles and a blue star.") == {("red", "circle"), ("blue", "star")}
+    scene = {"objects": [{"color": "red", "shape": "circle"}, {"color": "blue", "shape": "star"}]}
+    captions = ["two red circles and a blue star", "a red star", "three shapes on a plain background"]
+    assert faithfulness(captions, [scene] * 3) == {"faithful": pytest.approx(2 / 3), "names_a_pair": pytest.approx(2 / 3)}
 
 
 def test_vqa_exact_match_by_type() -> None:
@@ -248,17 +273,17 @@ def test_multi_task_run_kills_and_resumes_bit_identically_and_calibrates_check(s
 
 
 def test_calibrated_threshold_is_the_best_cut(reference_out: Path, synth: Path) -> None:
+    import xvlm_edge
     from training import evaluate
-    from xvlm_edge.checkpoint import load_directory
 
-    checkpoint = load_directory(reference_out / "model")
-    model, config = checkpoint.model.eval(), checkpoint.config
-    probs, labels = evaluate.check_probabilities(model, checkpoint.tokenizer, synth, config, num_scenes=12)
-    threshold, accuracy = evaluate.calibrate_check_threshold(model, checkpoint.tokenizer, synth, config, num_scenes=12)
-    probs = probs.double()
-    assert len(probs) == 48 and accuracy == pytest.approx(float(((probs > threshold) == labels).double().mean()))
+    api = xvlm_edge.load(reference_out / "model", threads=1)
+    probs, labels = evaluate.check_probabilities(api, synth, num_scenes=12)
+    threshold, accuracy = evaluate.calibrate_check_threshold(api, synth, num_scenes=12)
+    images = {r["image"] for r in evaluate.read_jsonl(synth / "captions.jsonl")[:12]}
+    assert len(probs) == sum(r["image"] in images for r in evaluate.read_jsonl(synth / "check.jsonl"))
+    assert accuracy == pytest.approx(float(((probs >= threshold) == labels).double().mean()))  # the served comparison
     for cut in [0.0, 0.5, 1.0, *probs.tolist()]:  # no other cut does better
-        assert float(((probs > cut) == labels).double().mean()) <= accuracy + 1e-12
+        assert float(((probs >= cut) == labels).double().mean()) <= accuracy + 1e-12
 
 
 # -- export of the finished model -----------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def test_every_generated_word_is_one_token_of_the_domain_vocab(tokenizer: Tokeni
     for _, t in _all_texts(seed=11, n=300):
         texts += t.captions + [c for _, names in t.regions for c in names]
         texts += [f"{a} {shape}" for _, shape, attrs in t.objects for a in attrs]
-        texts += [q for q, _, _ in t.questions] + [a for _, a, _ in t.questions] + [s for s, _ in t.statements]
+        texts += [q for q, _, _ in t.questions] + [a for _, a, _ in t.questions] + [s for s, _, _ in t.statements]
     texts.append("a picture of")  # the captioning prompt
     for text in texts:
         for cleaned in (text, pre_caption(text), pre_question(text)):
@@ -127,16 +127,21 @@ def test_every_generated_word_is_one_token_of_the_domain_vocab(tokenizer: Tokeni
 
 
 def test_statements_questions_and_region_names_are_true(tokenizer: Tokenizer) -> None:
-    labels = Counter()
+    labels, kinds = Counter(), Counter()
     for scene, texts in _all_texts(seed=5, n=200):
         objs = scene.objects
-        assert [label for _, label in texts.statements] == [True, True, False, False]
-        for statement, label in texts.statements:
+        scene_labels = [label for _, label, _ in texts.statements]
+        assert scene_labels.count(True) == scene_labels.count(False) >= 2  # balanced in every scene
+        for statement, label, kind in texts.statements:
             words = statement.split()[2:]  # "there are|is ..."
             count, *color, noun = words
             matches = [o for o in objs if o.shape == SINGULAR[noun] and (not color or o.color == color[0])]
             assert (len(matches) == WORD_TO_COUNT[count]) == label, (statement, label, objs)
+            assert (count == "no") == (kind == "none"), (statement, kind)
+            if kind == "near_miss":
+                assert abs(len(matches) - WORD_TO_COUNT[count]) == 1 and not label, statement
             labels[label] += 1
+            kinds[kind, label] += 1
         for question, answer, kind in texts.questions:
             m = re.fullmatch(r"how many (\w+ )?(\w+) are there\?", question)
             if m and m.group(2) != "shapes":
@@ -164,6 +169,8 @@ def test_statements_questions_and_region_names_are_true(tokenizer: Tokenizer) ->
                     assert [list(o.box) for o in hits] == [box], name
     assert labels[True] == labels[False]
     assert labels["yes"] > 20 and labels["no"] > 20
+    expected = {("shape_count", True), ("color_shape_count", True), ("none", True), ("none", False), ("near_miss", False)}
+    assert set(kinds) == expected and min(kinds.values()) > 50, kinds  # every kind the lamp is asked, often
 
 
 def test_boxes_contain_their_objects_and_nothing_of_their_colour_leaks_out() -> None:

@@ -1,18 +1,23 @@
-"""Evaluate a checkpoint on held-out synthetic scenes: retrieval, grounding, check, and (with those heads) caption/VQA.
+"""Evaluate a checkpoint on held-out scenes through the public API: what users run is what is measured.
 
     python -m training.synthetic --out data/synth-eval --num-scenes 1000 --seed 1
-    python -m training.evaluate --model runs/tiny_synthetic/model --data data/synth-eval --json eval.json
+    python -m training.paper --out data/paper-eval --num-scenes 500 --seed 3
+    python -m training.evaluate --model runs/tiny_synthetic/model --data data/synth-eval data/paper-eval --json eval.json
 
-Metrics (the held-out scenes are the retrieval gallery):
-- text->image and image->text R@1 / R@5 with the official procedure: ITC similarity, then the top `k` re-ranked
-  by the ITM positive logit (`Retrieval.py::evaluation`); the text of a scene is its canonical caption, which
-  other scenes may share (see `retrieval`: the same-text R@1 and the ceiling that sharing sets);
-- grounding Acc@IoU>=0.5 over every region description (`regions.jsonl`, first phrase of each element), boxes
-  compared in pixels of the original image;
-- `check` accuracy: ITM probability > the checkpoint's `check_threshold` vs the statement's label;
-- caption BLEU-4 and CIDEr-D (pycocoevalcap, the COCO caption evaluation code) and VQA exact match, when the
-  checkpoint has a `caption` / `vqa` head; otherwise reported as null with the reason.
-Images go through the same resize as training without augmentation (`training.data`).
+Every number goes through `xvlm_edge.load(...)` and its tasks (`retrieve`, `ground`, `check`, `caption`, `answer`)
+on the image files, so decoding, the served resize and the served `check` comparison (`p >= check_threshold`)
+are the ones users get; `--backend`/`--precision` measure an export the same way. Metrics per data directory:
+- retrieval: text->image and image->text R@1 / R@5 of `Model.retrieve` (ITC top k re-ranked by ITM, the
+  official procedure) over the directory's scenes as the gallery, each scene's text its canonical caption,
+  which other scenes may share (`same_text_r1`, and the `r1_ceiling` that sharing sets);
+- grounding: Acc@IoU>=0.5 and mean IoU of `Model.ground` over every region phrase (each names one object),
+  in pixels of the original image;
+- check: accuracy of `Model.check` verdicts, overall, balanced (the mean of the true and the false statements'
+  accuracies) and per statement kind (`synthetic.CHECK_KINDS`);
+- caption: BLEU-4 and CIDEr-D (pycocoevalcap) against all of a scene's captions, and `faithful`: the share of
+  captions whose every colour+shape pair is in the scene;
+- vqa: exact match of `Model.answer`, overall and per question type.
+A task whose head the checkpoint lacks is reported as skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -22,90 +27,47 @@ import contextlib
 import json
 import sys
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from training import data as D
-from xvlm_edge.checkpoint import load_directory
-from xvlm_edge.config import ModelConfig
-from xvlm_edge.models.xvlm import XVLM
+from training.synthetic import COLORS, PLURALS, SHAPES
 from xvlm_edge.text import pre_caption
-from xvlm_edge.tokenizer import Tokenizer
+
+#: Shape words (singular and plural) -> the shape they name.
+_SHAPE_WORDS = {s: s for s in SHAPES} | {p: s for s, p in PLURALS.items()}
 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def load_pixels(root: Path, names: Sequence[str], res: int) -> torch.Tensor:
-    """(N, 3, res, res) CLIP-normalised, the training transform without augmentation."""
-    images = [D.to_tensor(D.resize(D.decode_image((root / n).read_bytes()), res, res)) for n in names]
-    return torch.stack(images)
-
-
-def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    enc = tokenizer.encode([pre_caption(t) for t in texts], max_length=max_tokens)
-    return enc.input_ids, enc.attention_mask
-
-
-@torch.no_grad()
-def encode_images(model: XVLM, pixels: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    return torch.cat([model.encode_image(pixels[i : i + chunk]) for i in range(0, len(pixels), chunk)])
-
-
-@torch.no_grad()
-def itm_scores(model: XVLM, images: torch.Tensor, image_index: torch.Tensor, text_embeds: torch.Tensor,
-               text_atts: torch.Tensor, chunk: int = 256) -> torch.Tensor:  # fmt: skip
-    """ITM logits (K, 2) of text k with image image_index[k]; images are projected once and indexed."""
-    out = []
-    for i in range(0, len(image_index), chunk):
-        rows = slice(i, i + chunk)
-        context = model.image_context(images, index=image_index[rows])
-        out.append(model.itm_logits(model.fuse(text_embeds[rows], text_atts[rows], context)))
-    return torch.cat(out)
+def _by_image(records: list[dict], names: Sequence[str]) -> dict[str, list[dict]]:
+    """Records grouped by image, in the order of `names` (images without records are left out)."""
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        groups.setdefault(record["image"], []).append(record)
+    return {n: groups[n] for n in names if n in groups}
 
 
 def recall_at(ranks: torch.Tensor, k: int) -> float:
     return float((ranks < k).double().mean())
 
 
-@torch.no_grad()
-def retrieval(model: XVLM, images: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor, k: int,
-              texts: Sequence[str] | None = None) -> dict:  # fmt: skip
-    """Official `Retrieval.py` scoring: ITC for all pairs, ITM logit for each query's top k, -100 elsewhere.
-
-    R@K counts the scene's own image (text). Synthetic scenes can share a canonical caption ("three green
-    diamonds"), which caps R@1 below 1 for any model; given `texts`, `*_r1_same_text` also counts a top-1 whose
-    caption is the same text, and `r1_ceiling` is the best R@1 a model that only reads the text can reach.
-    """
-    n = len(images)
-    text_embeds = model.encode_text(text_ids, text_atts)
-    sim = model.image_features(images) @ model.text_features(text_embeds).t()  # (N images, N texts)
-    k = min(k, n)
-    score_i2t = torch.full_like(sim, -100.0)
-    top = sim.topk(k, dim=1).indices  # (N, k) texts per image
-    image_index = torch.arange(n).repeat_interleave(k)
-    score_i2t.scatter_(1, top, itm_scores(model, images, image_index, text_embeds[top.flatten()], text_atts[top.flatten()])[:, 1].view(n, k))
-    score_t2i = torch.full_like(sim.t(), -100.0)
-    top = sim.t().topk(k, dim=1).indices  # (N, k) images per text
-    text_rows = torch.arange(n).repeat_interleave(k)
-    logits = itm_scores(model, images, top.flatten(), text_embeds[text_rows], text_atts[text_rows])[:, 1]
-    score_t2i.scatter_(1, top, logits.view(n, k))
-    truth = torch.arange(n)
-    rank_i2t = (score_i2t > score_i2t.gather(1, truth[:, None])).sum(1)  # texts scored above the true one
-    rank_t2i = (score_t2i > score_t2i.gather(1, truth[:, None])).sum(1)
-    result = {
+def retrieval(api, paths: Sequence[str], texts: Sequence[str], k: int) -> dict:
+    """R@1/R@5 both ways of `Model.retrieve` with scene i's text the i-th; see the module docstring."""
+    scores = api.retrieve(list(paths), list(texts), k=k).scores
+    truth = torch.arange(len(paths))
+    rank_i2t = (scores.i2t > scores.i2t.gather(1, truth[:, None])).sum(1)  # texts scored above the true one
+    rank_t2i = (scores.t2i > scores.t2i.gather(1, truth[:, None])).sum(1)
+    return {
         "txt_r1": recall_at(rank_i2t, 1), "txt_r5": recall_at(rank_i2t, 5),
         "img_r1": recall_at(rank_t2i, 1), "img_r5": recall_at(rank_t2i, 5),
-        "gallery": n, "k_test": k,
+        "img_r1_same_text": same_text_r1(scores.t2i, texts), "txt_r1_same_text": same_text_r1(scores.i2t, texts),
+        "r1_ceiling": float(np.mean([1 / texts.count(t) for t in texts])), "gallery": len(paths), "k_test": k,
     }  # fmt: skip
-    if texts is not None:
-        result["img_r1_same_text"] = same_text_r1(score_t2i, texts)
-        result["txt_r1_same_text"] = same_text_r1(score_i2t, texts)
-        result["r1_ceiling"] = float(np.mean([1 / texts.count(t) for t in texts]))
-    return result
 
 
 def same_text_r1(scores: torch.Tensor, texts: Sequence[str]) -> float:
@@ -121,67 +83,60 @@ def box_iou_xyxy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area(a) + area(b) - inter)
 
 
-@torch.no_grad()
-def grounding(model: XVLM, tokenizer: Tokenizer, images: torch.Tensor, sizes: torch.Tensor, records: list[dict],
-              image_of: dict[str, int], max_tokens: int) -> dict:  # fmt: skip
-    phrases, index, truth = [], [], []
-    for record in records:
-        for elem in record["elems"]:
-            captions = elem["caption"] if isinstance(elem["caption"], list) else [elem["caption"]]
-            phrases.append(captions[0])
-            index.append(image_of[record["image"]])
-            x, y, w, h = elem["bb"]
-            truth.append([x, y, x + w, y + h])
-    index_t = torch.tensor(index)
-    ids, atts = encode_texts(tokenizer, phrases, max_tokens)
-    preds = []
-    for i in range(0, len(phrases), 256):
-        rows = slice(i, i + 256)
-        fused = model.fuse(model.encode_text(ids[rows], atts[rows]), atts[rows], model.image_context(images, index=index_t[rows]))
-        preds.append(model.predict_bbox(fused))
-    cx, cy, w, h = torch.cat(preds).double().unbind(-1)  # normalised to the squashed image = to the original
-    wh = sizes[index_t].double()  # (K, 2) original width, height
-    pred = torch.stack([(cx - w / 2) * wh[:, 0], (cy - h / 2) * wh[:, 1], (cx + w / 2) * wh[:, 0], (cy + h / 2) * wh[:, 1]], 1)
-    iou = box_iou_xyxy(pred, torch.tensor(truth, dtype=torch.float64))
-    return {"acc_iou50": float((iou >= 0.5).double().mean()), "mean_iou": float(iou.mean()), "phrases": len(phrases)}
+def grounding(api, root: Path, regions: dict[str, list[dict]]) -> dict:
+    """Acc@0.5 and mean IoU of `Model.ground` over the first phrase of every region element."""
+    predicted, truth = [], []
+    for name, records in regions.items():
+        elems = [e for r in records for e in r["elems"]]
+        phrases = [e["caption"][0] if isinstance(e["caption"], list) else e["caption"] for e in elems]
+        predicted += [box.xyxy for box in api.ground(str(root / name), phrases)]
+        truth += [[x, y, x + w, y + h] for x, y, w, h in (e["bb"] for e in elems)]
+    iou = box_iou_xyxy(torch.tensor(predicted, dtype=torch.float64), torch.tensor(truth, dtype=torch.float64))
+    return {"acc_iou50": float((iou >= 0.5).double().mean()), "mean_iou": float(iou.mean()), "phrases": len(truth)}
 
 
-@torch.no_grad()
-def check_accuracy(model: XVLM, tokenizer: Tokenizer, images: torch.Tensor, records: list[dict], image_of: dict[str, int],
-                   max_tokens: int, threshold: float) -> dict:  # fmt: skip
-    ids, atts = encode_texts(tokenizer, [r["statement"] for r in records], max_tokens)
-    index = torch.tensor([image_of[r["image"]] for r in records])
-    probs = itm_scores(model, images, index, model.encode_text(ids, atts), atts).softmax(-1)[:, 1]
-    labels = torch.tensor([bool(r["label"]) for r in records])
-    return {"accuracy": float(((probs > threshold) == labels).float().mean()), "threshold": threshold, "statements": len(records)}
+def check_accuracy(api, root: Path, checks: dict[str, list[dict]]) -> dict:
+    """Accuracy of `Model.check` (the checkpoint's threshold, the served comparison) overall, balanced, per kind."""
+    right, labels, kinds = [], [], []
+    for name, records in checks.items():
+        verdicts = api.check(str(root / name), [r["statement"] for r in records])
+        right += [v.verdict == bool(r["label"]) for v, r in zip(verdicts, records)]
+        labels += [bool(r["label"]) for r in records]
+        kinds += [r.get("type", "count") for r in records]
+    right_a, labels_a = np.array(right), np.array(labels)
+    by_kind = {k: {"accuracy": float(right_a[[x == k for x in kinds]].mean()), "statements": kinds.count(k)} for k in sorted(set(kinds))}
+    return {
+        "accuracy": float(right_a.mean()),
+        "balanced_accuracy": float((right_a[labels_a].mean() + right_a[~labels_a].mean()) / 2),
+        "threshold": api.config.check_threshold,
+        "statements": len(right),
+        "by_kind": by_kind,
+    }
 
 
-@torch.no_grad()
-def check_probabilities(model: XVLM, tokenizer: Tokenizer, root: Path, config: ModelConfig,
-                        num_scenes: int = 0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(ITM match probability, label) of every `check.jsonl` statement about the first `num_scenes` scenes."""
+def check_probabilities(api, root: Path, num_scenes: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`Model.match` probability, label) of every `check.jsonl` statement about the first `num_scenes` scenes."""
+    root = Path(root)
     names = [r["image"] for r in read_jsonl(root / "captions.jsonl")]
     names = names[:num_scenes] if num_scenes else names
-    image_of = {name: i for i, name in enumerate(names)}
-    records = [r for r in read_jsonl(root / "check.jsonl") if r["image"] in image_of]
-    images = encode_images(model, load_pixels(root, names, config.vision.image_res))
-    ids, atts = encode_texts(tokenizer, [r["statement"] for r in records], config.max_tokens)
-    index = torch.tensor([image_of[r["image"]] for r in records])
-    probs = itm_scores(model, images, index, model.encode_text(ids, atts), atts).softmax(-1)[:, 1]
-    return probs, torch.tensor([bool(r["label"]) for r in records])
+    probs, labels = [], []
+    for name, records in _by_image(read_jsonl(root / "check.jsonl"), names).items():
+        probs += api.match(str(root / name), [r["statement"] for r in records])
+        labels += [bool(r["label"]) for r in records]
+    return torch.tensor(probs, dtype=torch.float64), torch.tensor(labels)
 
 
-def calibrate_check_threshold(model: XVLM, tokenizer: Tokenizer, root: Path, config: ModelConfig,
-                              num_scenes: int = 0) -> tuple[float, float]:  # fmt: skip
-    """(threshold, accuracy): the `probs > threshold` cut with the best accuracy on held-out statements.
+def calibrate_check_threshold(api, root: Path, num_scenes: int = 0) -> tuple[float, float]:
+    """(threshold, accuracy): the cut with the best accuracy of the served verdict `p >= threshold` on held-out
+    statements, probabilities from `Model.match`, the path `Model.check` serves.
 
-    Candidates are the midpoints between consecutive sorted probabilities (and 0.5), so the chosen cut never
+    Candidates are the midpoints between consecutive distinct probabilities (and 0.5), so the chosen cut never
     sits on a calibration sample; ties go to the candidate closest to 0.5.
     """
-    probs, labels = check_probabilities(model, tokenizer, Path(root), config, num_scenes)
-    ordered = probs.double().sort().values
+    probs, labels = check_probabilities(api, root, num_scenes)
+    ordered = probs.unique()  # sorted
     candidates = torch.cat([ordered.new_tensor([0.5]), (ordered[1:] + ordered[:-1]) / 2])
-    accuracy = ((probs.double()[None] > candidates[:, None]) == labels[None]).double().mean(1)
+    accuracy = ((probs[None] >= candidates[:, None]) == labels[None]).double().mean(1)
     best = accuracy.max()
     pick = torch.where(accuracy == best, (candidates - 0.5).abs(), torch.inf).argmin()
     return float(candidates[pick]), float(best)
@@ -200,52 +155,20 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
     return {"bleu4": float(bleu[3]), "cider_d": float(cider)}
 
 
-def evaluate(
-    model_dir: str | Path, data_dir: str | Path, *, num_scenes: int = 0, k_test: int = 16, vqa_questions: int = 0
-) -> dict:
-    checkpoint = load_directory(model_dir)
-    model, tokenizer, config = checkpoint.model.eval(), checkpoint.tokenizer, checkpoint.config
-    root = Path(data_dir)
-    captions = read_jsonl(root / "captions.jsonl")
-    if num_scenes:
-        captions = captions[:num_scenes]
-    names = [r["image"] for r in captions]
-    image_of = {name: i for i, name in enumerate(names)}
-    pixels = load_pixels(root, names, config.vision.image_res)
-    sizes = torch.tensor([D.decode_image((root / n).read_bytes()).shape[1::-1] for n in names])  # (N, 2) w, h
-    images = encode_images(model, pixels)
-    max_tokens = config.max_tokens
-    heads = set(config.heads)
-    result: dict = {"model": str(model_dir), "data": str(data_dir), "scenes": len(names), "heads": sorted(heads)}
+def named_pairs(caption: str) -> set[tuple[str, str]]:
+    """The (colour, shape) pairs a caption names: a colour word directly followed by a shape word."""
+    words = pre_caption(caption).split()
+    return {(a, _SHAPE_WORDS[b]) for a, b in pairwise(words) if a in COLORS and b in _SHAPE_WORDS}
 
-    if {"itc", "itm"} <= heads:
-        texts = [r["caption"][0] for r in captions]
-        ids, atts = encode_texts(tokenizer, texts, max_tokens)
-        result["retrieval"] = retrieval(model, images, ids, atts, k_test, texts)
-    if "bbox" in heads:
-        regions = [r for r in read_jsonl(root / "regions.jsonl") if r["image"] in image_of]
-        result["grounding"] = grounding(model, tokenizer, images, sizes, regions, image_of, max_tokens)
-    if "itm" in heads:
-        checks = [r for r in read_jsonl(root / "check.jsonl") if r["image"] in image_of]
-        result["check"] = check_accuracy(model, tokenizer, images, checks, image_of, max_tokens, config.check_threshold)
-    for task, head in (("caption", "caption"), ("vqa", "vqa")):
-        if head not in heads:
-            result[task] = {"skipped": f"the checkpoint has no {head!r} head (heads: {sorted(heads)})"}
-    if "caption" in heads or "vqa" in heads:
-        import xvlm_edge
 
-        api = xvlm_edge.load(model_dir)
-        if "caption" in heads:
-            predicted = [c.text for c in api.caption([str(root / n) for n in names])]
-            result["caption"] = caption_metrics(predicted, [r["caption"] for r in captions])
-        if "vqa" in heads:
-            qa = [r for r in read_jsonl(root / "vqa.jsonl") if r["image"] in image_of]
-            qa = qa[:vqa_questions] if vqa_questions else qa
-            answers = api.answer([str(root / r["image"]) for r in qa], [r["question"] for r in qa])
-            hits = [a.text.strip() in {x.strip().lower() for x in r["answer"]} for a, r in zip(answers, qa)]
-            result["vqa"] = {"exact_match": float(np.mean(hits)), "questions": len(qa),
-                             "by_type": exact_match_by_type(hits, [r.get("type", "other") for r in qa])}
-    return result
+def faithfulness(predictions: Sequence[str], scenes: Sequence[dict]) -> dict:
+    """Share of captions naming only colour+shape pairs present in their scene (`faithful`), and naming at least one."""
+    named = [named_pairs(p) for p in predictions]
+    present = [{(o["color"], o["shape"]) for o in s["objects"]} for s in scenes]
+    return {
+        "faithful": float(np.mean([n <= p for n, p in zip(named, present)])),
+        "names_a_pair": float(np.mean([bool(n) for n in named])),
+    }
 
 
 def exact_match_by_type(hits: Sequence[bool], types: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -257,19 +180,77 @@ def exact_match_by_type(hits: Sequence[bool], types: Sequence[str]) -> dict[str,
     return out
 
 
+def evaluate_directory(api, data_dir: str | Path, *, num_scenes: int = 0, k_test: int = 16, vqa_questions: int = 0) -> dict:
+    """Every metric of the module docstring on one data directory (`training.synthetic` / `training.paper`)."""
+    root = Path(data_dir)
+    captions = read_jsonl(root / "captions.jsonl")
+    captions = captions[:num_scenes] if num_scenes else captions
+    names = [r["image"] for r in captions]
+    paths = [str(root / n) for n in names]
+    heads = set(api.config.heads)
+    result: dict = {"data": str(root), "scenes": len(names)}
+
+    def skipped(head: str) -> dict:
+        return {"skipped": f"the checkpoint has no {head!r} head (heads: {sorted(heads)})"}
+
+    texts = [r["caption"][0] for r in captions]
+    result["retrieval"] = retrieval(api, paths, texts, min(k_test, len(paths))) if {"itc", "itm"} <= heads else skipped("itc/itm")
+    result["grounding"] = grounding(api, root, _by_image(read_jsonl(root / "regions.jsonl"), names)) if "bbox" in heads else skipped("bbox")
+    result["check"] = check_accuracy(api, root, _by_image(read_jsonl(root / "check.jsonl"), names)) if "itm" in heads else skipped("itm")
+    if "caption" in heads:
+        predicted = [c.text for c in api.caption(paths)]
+        scenes = {s["image"]: s for s in read_jsonl(root / "scenes.jsonl")}
+        result["caption"] = caption_metrics(predicted, [r["caption"] for r in captions]) | faithfulness(predicted, [scenes[n] for n in names])
+    else:
+        result["caption"] = skipped("caption")
+    if "vqa" in heads:
+        qa = [r for r in read_jsonl(root / "vqa.jsonl") if r["image"] in set(names)]
+        qa = qa[:vqa_questions] if vqa_questions else qa
+        answers = api.answer([str(root / r["image"]) for r in qa], [r["question"] for r in qa])
+        hits = [a.text.strip() in {x.strip().lower() for x in r["answer"]} for a, r in zip(answers, qa)]
+        types = [r.get("type", "other") for r in qa]
+        result["vqa"] = {"exact_match": float(np.mean(hits)), "questions": len(qa), "by_type": exact_match_by_type(hits, types)}
+    else:
+        result["vqa"] = skipped("vqa")
+    return result
+
+
+def evaluate(
+    model_dir: str | Path,
+    data_dirs: str | Path | Sequence[str | Path],
+    *,
+    backend: str = "torch",
+    precision: str = "fp32",
+    num_scenes: int = 0,
+    k_test: int = 16,
+    vqa_questions: int = 0,
+    threads: int | None = None,
+) -> dict:
+    """`evaluate_directory` on each data directory, with the model loaded as users load it."""
+    import xvlm_edge
+
+    api = xvlm_edge.load(model_dir, backend=backend, precision=precision, threads=threads)
+    dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
+    sets = {Path(d).name: evaluate_directory(api, d, num_scenes=num_scenes, k_test=k_test, vqa_questions=vqa_questions) for d in dirs}
+    return {"model": str(model_dir), "backend": backend, "precision": precision, "heads": sorted(api.config.heads), "sets": sets}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint directory (xvlm_edge format)")
-    parser.add_argument("--data", required=True, help="held-out synthetic directory (python -m training.synthetic)")
+    parser.add_argument("--data", required=True, nargs="+", help="held-out directories (training.synthetic, training.paper)")
+    parser.add_argument("--backend", default="torch", help="xvlm_edge.load backend (an export is measured as it is served)")
+    parser.add_argument("--precision", default="fp32")
     parser.add_argument("--json", type=Path, help="write the metrics here as JSON")
-    parser.add_argument("--num-scenes", type=int, default=0, help="evaluate the first N scenes only (0: all)")
+    parser.add_argument("--num-scenes", type=int, default=0, help="evaluate the first N scenes of each directory only (0: all)")
     parser.add_argument("--k-test", type=int, default=16, help="ITM re-ranking depth for retrieval")
     parser.add_argument("--vqa-questions", type=int, default=0, help="VQA on the first N questions only (0: all)")
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="CPU threads (default: xvlm_edge.load's choice)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = evaluate(args.model, args.data, num_scenes=args.num_scenes, k_test=args.k_test, vqa_questions=args.vqa_questions)
+    result = evaluate(
+        args.model, args.data, backend=args.backend, precision=args.precision,
+        num_scenes=args.num_scenes, k_test=args.k_test, vqa_questions=args.vqa_questions, threads=args.threads,
+    )  # fmt: skip
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.write_text(text + "\n")

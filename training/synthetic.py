@@ -17,7 +17,8 @@ Files written by `generate` (JSON lines; image paths are relative to the output 
 - `objects.jsonl`   official object records: `{"image", "elems": [{"bb", "caption": shape, "attributes": [...]}]}`.
 - `vqa.jsonl`       `{"question_id": int, "image", "question": str, "answer": [str], "type": str}`; type is one
                     of count / color / shape / size / exist / relation.
-- `check.jsonl`     `{"image", "statement": str, "label": bool, "type": "count"}`; two true and two false per scene.
+- `check.jsonl`     `{"image", "statement": str, "label": bool, "type": str}`; as many true as false per scene, type
+                    one of CHECK_KINDS (counts of shapes and colour+shape groups, "no X", near misses).
 - `scenes.jsonl`    ground truth for evaluation: `{"index", "image", "background", "objects": [{"shape",
                     "color", "size", "bb"}]}`.
 Boxes are `[x, y, w, h]` integer pixels of the original image. With `binary=True` records carry the PNG as base64
@@ -32,7 +33,7 @@ import json
 import math
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 RELATIONS = ("left of", "right of", "above", "below")
 ORDINALS = ("leftmost", "rightmost", "top", "bottom")
 MAX_OBJECTS = 6
+#: Kinds of `check` statements: a shape's count, a colour+shape group's count, "there are no X", and near misses
+#: (a true count off by one: the wrong answer a child most often writes).
+CHECK_KINDS = ("shape_count", "color_shape_count", "none", "near_miss")
 # Every other word a template can emit, plus the captioning prompt ("a picture of").
 FUNCTION_WORDS = (
     "a", "an", "the", "and", "is", "are", "there", "on", "of", "background", "how", "many", "what", "color",
@@ -115,13 +119,13 @@ class SceneTexts:
     regions: list[tuple[list[int], list[str]]]
     objects: list[tuple[list[int], str, list[str]]]
     questions: list[tuple[str, str, str]]  # (question, answer, type)
-    statements: list[tuple[str, bool]]
+    statements: list[tuple[str, bool, str]]  # (statement, label, kind): see CHECK_KINDS
 
 
 # ---------------------------------------------------------------------------------------------- layout
 
 
-def _outline(shape: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
+def shape_outline(shape: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
     """Polygon vertices (V, 2) in pixels; circles are 64-gons so every shape is drawn and boxed the same way."""
     if shape == "circle":
         t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
@@ -148,7 +152,7 @@ def _outline(shape: str, cx: float, cy: float, r: float, angle: float) -> np.nda
     return pts * r + np.array([cx, cy])
 
 
-def _box_of(pts: np.ndarray, image_size: int) -> tuple[int, int, int, int]:
+def box_of(pts: np.ndarray, image_size: int) -> tuple[int, int, int, int]:
     x0, y0 = np.floor(pts.min(0)).astype(int)
     x1, y1 = np.ceil(pts.max(0)).astype(int)
     x0, y0 = max(int(x0), 0), max(int(y0), 0)
@@ -187,7 +191,7 @@ def sample_scene(seed: int, index: int, image_size: int = 256) -> Scene:
             angle = float(rng.uniform(-0.17, 0.17)) if SHAPES[k] in ("triangle", "star", "pentagon", "hexagon") else 0.0
             margin = r + 0.02 * image_size
             cx, cy = rng.uniform(margin, image_size - margin, size=2)
-            box = _box_of(_outline(SHAPES[k], cx, cy, r, angle), image_size)
+            box = box_of(shape_outline(SHAPES[k], cx, cy, r, angle), image_size)
             if not _overlaps(box, objects, gap):
                 placed = SceneObject(SHAPES[k], color, size, (float(cx), float(cy)), r, angle, box)
                 break
@@ -238,7 +242,7 @@ def render(scene: Scene) -> np.ndarray:
     thickness = max(1, scene.image_size // 160)
     for obj in scene.objects:
         color = np.clip(np.array(COLORS[obj.color]) + rng.integers(-12, 13, size=3), 0, 255)
-        pts = np.round(_outline(obj.shape, *obj.center, obj.radius, obj.angle) * 16).astype(np.int32)
+        pts = np.round(shape_outline(obj.shape, *obj.center, obj.radius, obj.angle) * 16).astype(np.int32)
         cv2.fillPoly(img, [pts], color.tolist(), lineType=cv2.LINE_AA, shift=4)
         edge = (color * 0.55).astype(int).tolist()
         cv2.polylines(img, [pts], True, edge, thickness=thickness, lineType=cv2.LINE_AA, shift=4)
@@ -422,29 +426,35 @@ def _statement(count: int, color: str | None, shape: str) -> str:
     return f"{_there(count)} {COUNT_WORDS[count]} {noun}"
 
 
-def _statements(scene: Scene, rng: np.random.Generator) -> list[tuple[str, bool]]:
-    """Two true and two false counting statements, so `check` data is balanced scene by scene."""
-    shape_counts = Counter(o.shape for o in scene.objects)
-    claims: dict[tuple[int, str | None, str], bool] = {}
-    for shape in SHAPES:
-        truth = shape_counts.get(shape, 0)
-        claims[(truth, None, shape)] = True
-        for wrong in (truth - 1, truth + 1, truth + 2):
-            if 0 <= wrong <= MAX_OBJECTS:
-                claims[(wrong, None, shape)] = False
-    for count, color, shape in _groups(scene):
-        claims[(count, color, shape)] = True
-        for wrong in (count - 1, count + 1):
-            if 0 < wrong <= MAX_OBJECTS:
-                claims[(wrong, color, shape)] = False
-    # Prefer claims about shapes in the scene: "there are no hexagons" is true in almost every scene.
-    present = set(shape_counts)
+def _statements(scene: Scene, rng: np.random.Generator) -> list[tuple[str, bool, str]]:
+    """Counting statements (statement, label, kind), as many true as false in every scene.
+
+    True: the count of every shape in the scene and of every colour+shape group, "there are no X" for a shape
+    that is absent and for a colour that a present shape does not have. False: the near misses a child writes
+    (one fewer, one more, never zero) of every true count, and "there are no X" for a present shape. The larger
+    side is subsampled to the size of the other with the scene's text generator.
+    """
+    objs = scene.objects
+    shape_counts = Counter(o.shape for o in objs)
+    present = sorted(shape_counts, key=SHAPES.index)
+    absent = [s for s in SHAPES if s not in shape_counts]
+    true: list[tuple[str, bool, str]] = []
+    false: list[tuple[str, bool, str]] = []
+    counted = [(shape_counts[s], None, s, "shape_count") for s in present]
+    counted += [(count, color, shape, "color_shape_count") for count, color, shape in _groups(scene)]
+    for count, color, shape, kind in counted:
+        true.append((_statement(count, color, shape), True, kind))
+        false += [(_statement(w, color, shape), False, "near_miss") for w in (count - 1, count + 1) if 0 < w <= MAX_OBJECTS]
+    shape = present[int(rng.integers(len(present)))]
+    other_colors = [c for c in COLORS if not any(_matches(o, shape, c, None) for o in objs)]
+    true.append((_statement(0, None, absent[int(rng.integers(len(absent)))]), True, "none"))
+    true.append((_statement(0, other_colors[int(rng.integers(len(other_colors)))], shape), True, "none"))
+    false.append((_statement(0, None, shape), False, "none"))
+    keep = min(len(true), len(false))
     out = []
-    for label in (True, False):
-        keys = [k for k, v in claims.items() if v is label]
-        weights = np.array([4.0 if k[2] in present else 1.0 for k in keys])
-        chosen = rng.choice(len(keys), size=2, replace=False, p=weights / weights.sum())
-        out.extend((_statement(*keys[int(c)]), label) for c in sorted(chosen))
+    for side in (true, false):
+        chosen = sorted(rng.choice(len(side), size=keep, replace=False)) if len(side) > keep else range(keep)
+        out += [side[int(i)] for i in chosen]
     return out
 
 
@@ -466,8 +476,8 @@ def scene_records(scene: Scene, png: bytes, *, binary: bool) -> dict[str, list[d
         records["vqa"].append(
             {"question_id": scene.index * 100 + k, **image, "question": question, "answer": [answer], "type": kind}
         )
-    for statement, label in texts.statements:
-        records["check"].append({**image, "statement": statement, "label": label, "type": "count"})
+    for statement, label, kind in texts.statements:
+        records["check"].append({**image, "statement": statement, "label": label, "type": kind})
     truth = [{"shape": o.shape, "color": o.color, "size": o.size, "bb": list(o.box)} for o in scene.objects]
     ref = {} if binary else image
     records["scenes"].append({"index": scene.index, **ref, "background": scene.background, "objects": truth})
@@ -495,14 +505,19 @@ def generate(
     if num_scenes < 1:
         msg = f"num_scenes must be positive, got {num_scenes}"
         raise InputError(msg)
+    scenes = iter_scenes(seed, range(start, start + num_scenes), image_size)
+    return write_dataset(out, scenes, num_scenes, binary=binary, progress=progress)
+
+
+def write_dataset(out: str | Path, scenes: Iterable[tuple[Scene, bytes]], total: int, *, binary: bool = False, progress: bool = False) -> Path:
+    """Write (scene, png) pairs as the files of the module docstring under `out`: the one writer of this format,
+    for this renderer and the evaluation one (`training/paper.py`)."""
     out = Path(out)
     (out if binary else out / "images").mkdir(parents=True, exist_ok=True)
-    indices = range(start, start + num_scenes)
-    scenes = iter_scenes(seed, indices, image_size)
     if progress:
         from tqdm import tqdm
 
-        scenes = tqdm(scenes, total=num_scenes, desc="scenes", unit="scene")
+        scenes = tqdm(scenes, total=total, desc="scenes", unit="scene")
     handles = {name: (out / f"{name}.jsonl").open("w", encoding="utf-8") for name in FILES}
     try:
         for scene, png in scenes:

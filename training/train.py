@@ -718,8 +718,12 @@ def train(recipe: TrainRecipe) -> Path:
 
 
 def calibrate(recipe: TrainRecipe, model: XVLM, tokenizer: Tokenizer, config: ModelConfig) -> ModelConfig:
-    """`config` with `check_threshold` set to the best ITM-probability threshold on held-out check statements."""
+    """`config` with `check_threshold` set to the best ITM-probability threshold on held-out check statements,
+    measured through the public `Model` on the torch runtime: the probabilities, resize and comparison that
+    `Model.check` serves."""
     from training.evaluate import calibrate_check_threshold
+    from xvlm_edge.api import Model
+    from xvlm_edge.runtime import create_runtime
 
     d, root = recipe.data, Path(recipe.data.calibration_dir)
     if not (root / "check.jsonl").is_file():
@@ -728,7 +732,8 @@ def calibrate(recipe: TrainRecipe, model: XVLM, tokenizer: Tokenizer, config: Mo
         print(f"rendering {d.calibration_scenes} calibration scenes (seed {d.calibration_seed}) into {root}", file=sys.stderr)
         generate(root, d.calibration_scenes, d.calibration_seed)
     model.eval()
-    threshold, accuracy = calibrate_check_threshold(model, tokenizer, root, config, num_scenes=d.calibration_scenes)
+    served = Model(Checkpoint(model, tokenizer, config), create_runtime(model))
+    threshold, accuracy = calibrate_check_threshold(served, root, num_scenes=d.calibration_scenes)
     model.train()
     print(f"check_threshold {threshold:.4f} (accuracy {accuracy:.4f} on {root})", file=sys.stderr)
     return dataclasses.replace(config, check_threshold=threshold)
