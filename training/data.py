@@ -51,7 +51,7 @@ from torch.utils.data import Dataset
 from training.masking import TextMasker, encode_masked
 from xvlm_edge.concepts import box_to_patch_mask
 from xvlm_edge.errors import InputError, TextError
-from xvlm_edge.preprocess import CLIP_MEAN, CLIP_STD
+from xvlm_edge.preprocess import CLIP_MEAN, CLIP_STD, resize_bicubic
 from xvlm_edge.text import pre_caption, pre_question
 from xvlm_edge.tokenizer import Tokenizer
 
@@ -127,9 +127,9 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Area averaging when shrinking (no aliasing, like Pillow's bicubic), bicubic when enlarging."""
-    shrink = width < image.shape[1] or height < image.shape[0]
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    """The served resize (Pillow-exact bicubic, `xvlm_edge.preprocess`), so a model trains on the pixels it is
+    served; one thread, as DataLoader workers run side by side."""
+    return resize_bicubic(np.ascontiguousarray(image), (width, height), num_threads=1)
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
