@@ -37,7 +37,7 @@ def test_camera_boxes_follow_what_it_photographs() -> None:
     page = np.zeros((size, size, 3), np.uint8)
     page[40:80, 30:90] = 255
     for seed in range(5):
-        shot = camera.sample_shot(np.random.default_rng(seed), size)
+        shot = camera.sample_shot(np.random.default_rng(seed), size, size)
         shot = dataclasses.replace(shot, light=np.ones_like(shot.light), white_balance=(1.0, 1.0, 1.0), blur_sigma=0.0,
                                    motion=0, noise_sigma=0.0, jpeg_quality=100, table=(0, 0, 0))  # fmt: skip
         photo = camera.shoot(page, shot)
@@ -49,7 +49,7 @@ def test_camera_boxes_follow_what_it_photographs() -> None:
 
 
 def test_every_effect_is_off_at_strength_zero() -> None:
-    shot = camera.sample_shot(np.random.default_rng(0), 64, strength=0.0)
+    shot = camera.sample_shot(np.random.default_rng(0), 64, 48, strength=0.0)
     assert np.allclose(shot.homography, np.eye(3)) and np.allclose(shot.light, 1.0)
     assert shot.white_balance == pytest.approx((1, 1, 1)) and shot.blur_sigma == 0 and shot.noise_sigma == 0
 

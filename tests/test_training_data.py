@@ -234,6 +234,34 @@ def test_region_reader_boxes_survive_crop_flip_and_resize(synth_dir: Path, token
     assert ds.skipped == {}
 
 
+def test_camera_photographs_regions_and_their_boxes_move_with_the_page(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    """`camera=1`: every sample is a lamp photograph (tilt, light, blur, noise, JPEG); the target box is where the
+    object is in the photographed, cropped and resized input."""
+    image = np.zeros((128, 128, 3), np.uint8)
+    image[30:70, 40:100] = 255
+    record = {"binary": base64.b64encode(synthetic.encode_png(image)).decode(), "elems": [{"bb": [40, 30, 60, 40], "caption": "the square"}]}
+    path = tmp_path / "square.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    photographed = RegionTextDataset(path, tokenizer, image_res=64, patch_size=16, augment=False, camera=1.0)
+    plain = RegionTextDataset(path, tokenizer, image_res=64, patch_size=16, augment=False)
+    moved = 0
+    for epoch in range(8):
+        photographed.set_epoch(epoch)
+        sample = photographed[0]
+        grey = _pixels(sample.image).mean(-1)
+        ys, xs = np.nonzero(grey > (np.percentile(grey, 5) + np.percentile(grey, 99)) / 2)
+        cx, cy, w, h = (sample.target_bbox[0] * 64).tolist()
+        found, target = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+        inter = max(0, min(found[2], target[2]) - max(found[0], target[0])) * max(0, min(found[3], target[3]) - max(found[1], target[1]))
+        union = (found[2] - found[0]) * (found[3] - found[1]) + w * h - inter
+        assert inter / union > 0.75, (epoch, found, target)
+        plain.set_epoch(epoch)
+        moved += not torch.equal(plain[0].target_bbox, sample.target_bbox)
+    assert moved >= 6  # the tilt moved the box in (nearly) every photograph
+    with pytest.raises(InputError, match="camera is the probability"):
+        RegionTextDataset(path, tokenizer, image_res=64, patch_size=16, camera=1.5)
+
+
 def test_region_sampling_keeps_only_mostly_visible_boxes_and_mirrors_on_flip() -> None:
     rng = np.random.default_rng(0)
     width, height = 200, 150

@@ -1,10 +1,10 @@
 """What a desk lamp's camera does to the page it photographs: tilt, uneven light and shadow, a colour cast,
 blur, sensor noise and JPEG compression.
 
-`sample_shot(rng, size)` draws one photograph's settings; `shoot(image, shot)` applies them to an RGB image;
+`sample_shot(rng, width, height)` draws one photograph's settings; `shoot(image, shot)` applies them to an RGB image;
 `warp_points` maps points (object outlines) through the same tilt, so boxes follow their objects. The tilt only
 ever pulls the page's corners inward (the lamp sees the whole page and some table around it), so nothing drawn on
-the page leaves the picture. Training can augment with it; the evaluation renderer (`training/paper.py`)
+the page leaves the picture. Training augments with it (`data.camera` in a recipe); the evaluation renderer (`training/paper.py`)
 photographs every page with it.
 """
 
@@ -31,15 +31,16 @@ class Shot:
     noise_seed: int
 
 
-def sample_shot(rng: np.random.Generator, size: int, strength: float = 1.0) -> Shot:
-    """Settings of one photograph of a `size` x `size` page; `strength` scales every effect (0: none)."""
-    corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float32)
-    inward = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]], np.float32)
-    moved = corners + inward * rng.uniform(0, 0.09 * size * strength, (4, 2)).astype(np.float32)
+def sample_shot(rng: np.random.Generator, width: int, height: int, strength: float = 1.0) -> Shot:
+    """Settings of one photograph of a `width` x `height` page; `strength` scales every effect (0: none)."""
+    corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
+    inward = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]], np.float32) * np.array([width, height], np.float32)
+    moved = corners + inward * rng.uniform(0, 0.09 * strength, (4, 2)).astype(np.float32)
     homography = cv2.getPerspectiveTransform(corners, moved)
     table = tuple(int(v) for v in rng.uniform(40, 120) + rng.uniform(-20, 20, 3))
 
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    xx, yy = xx / width, yy / height
     spot = rng.uniform(-0.2, 1.2, 2)  # the lamp's bright spot, possibly off the page
     falloff = np.exp(-((xx - spot[0]) ** 2 + (yy - spot[1]) ** 2) / (2 * rng.uniform(0.35, 0.9) ** 2))
     light = 1.0 + strength * (rng.uniform(-0.4, -0.1) * (1 - falloff) + rng.uniform(0, 0.12))
@@ -67,6 +68,15 @@ def sample_shot(rng: np.random.Generator, size: int, strength: float = 1.0) -> S
 def warp_points(points: np.ndarray, shot: Shot) -> np.ndarray:
     """(N, 2) page pixels -> (N, 2) photo pixels under the shot's tilt."""
     return cv2.perspectiveTransform(np.asarray(points, np.float64)[None], shot.homography)[0]
+
+
+def warp_box(box: tuple[float, float, float, float], shot: Shot) -> tuple[float, float, float, float]:
+    """An [x, y, w, h] page box -> the [x, y, w, h] photo box around its four warped corners (the tilt only
+    pulls inward, so it stays in the picture)."""
+    x, y, w, h = box
+    corners = warp_points(np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]]), shot)
+    (x0, y0), (x1, y1) = corners.min(0), corners.max(0)
+    return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
 
 
 def shoot(image: np.ndarray, shot: Shot) -> np.ndarray:

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from training import camera
 from training.masking import TextMasker, encode_masked
 from xvlm_edge.concepts import box_to_patch_mask
 from xvlm_edge.errors import InputError, TextError
@@ -309,8 +310,12 @@ class _JsonlDataset(Dataset):
         text: TextConfig,
         seed: int,
         augment: bool,
+        camera: float = 0.0,
     ) -> None:
         self.path = Path(path)
+        if not 0.0 <= camera <= 1.0:
+            msg = f"camera is the probability of photographing a sample, in [0, 1]; got {camera}"
+            raise InputError(msg)
         if image_res % patch_size:
             msg = f"image_res {image_res} is not a multiple of patch_size {patch_size}"
             raise InputError(msg)
@@ -342,6 +347,7 @@ class _JsonlDataset(Dataset):
         self.patch_size = patch_size
         self.seed = seed
         self.augment = augment
+        self.camera = camera
         self.epoch = 0
         self._skipped: dict[str, set[tuple[int, int]]] = {}
 
@@ -396,6 +402,14 @@ class _JsonlDataset(Dataset):
             msg = f"a record must be an object, got {type(record).__name__}"
             raise MalformedRecordError(msg, "unreadable_record")
         return record
+
+    def _photograph(self, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, camera.Shot | None]:
+        """With probability `camera`, the image as a desk lamp's camera photographs it (`training/camera.py`),
+        and the shot (to move boxes with it); draws nothing from `rng` when `camera` is 0."""
+        if self.camera <= 0 or rng.random() >= self.camera:
+            return image, None
+        shot = camera.sample_shot(rng, image.shape[1], image.shape[0])
+        return camera.shoot(image, shot), shot
 
     def _image(self, record: dict) -> np.ndarray:
         if "binary" in record:
@@ -463,9 +477,11 @@ class ImageTextDataset(_JsonlDataset):
         augment: bool = True,
         crop_scale: tuple[float, float] = (0.5, 1.0),
         careful_hflip: bool = True,
+        camera: float = 0.0,
     ) -> None:
         super().__init__(
-            path, tokenizer, image_res=image_res, patch_size=patch_size, text=text, seed=seed, augment=augment
+            path, tokenizer, image_res=image_res, patch_size=patch_size, text=text, seed=seed, augment=augment,
+            camera=camera,
         )
         if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
             msg = f"crop_scale must satisfy 0 < lo <= hi <= 1, got {crop_scale}"
@@ -480,7 +496,7 @@ class ImageTextDataset(_JsonlDataset):
             msg = "no usable `caption`"
             raise MalformedRecordError(msg, "missing_caption")
         caption = captions[int(rng.integers(len(captions)))]
-        image = self._image(record)
+        image, _ = self._photograph(self._image(record), rng)
         res = self.image_res
         if self.augment:
             image = random_resized_crop(image, rng, res, self.crop_scale)
@@ -524,9 +540,11 @@ class RegionTextDataset(_JsonlDataset):
         max_regions: int = 5,
         min_perc_in_image: float = 0.5,
         careful_hflip: bool = True,
+        camera: float = 0.0,
     ) -> None:
         super().__init__(
-            path, tokenizer, image_res=image_res, patch_size=patch_size, text=text, seed=seed, augment=augment
+            path, tokenizer, image_res=image_res, patch_size=patch_size, text=text, seed=seed, augment=augment,
+            camera=camera,
         )
         if max_regions < 1:
             msg = f"max_regions must be at least 1, got {max_regions}"
@@ -572,9 +590,11 @@ class RegionTextDataset(_JsonlDataset):
 
     def _load(self, record: dict, index: int, rng: np.random.Generator) -> Sample:
         key = int(rng.integers(2**32))
-        image = self._image(record)
+        image, shot = self._photograph(self._image(record), rng)
         height, width = image.shape[:2]
         elems = self._elems(record, index, width, height)
+        if shot is not None:  # the boxes move with the page
+            elems = [dataclasses.replace(e, box=camera.warp_box(e.box, shot)) for e in elems]
         whole = self._clean(record.get("caption"))
         if "caption" in record and not whole:
             self._note(MalformedRecordError("unusable whole-image `caption`", "missing_caption"), index)

@@ -121,7 +121,7 @@ def photograph(scene: Scene, strength: float = 1.0) -> tuple[Scene, np.ndarray]:
         _draw_object(draw, obj, shade(obj.color, rng), style, width)
         strokes.append(width if style != "filled" else 0.0)
     page = page.resize((size, size), Image.Resampling.LANCZOS)
-    shot = camera.sample_shot(rng, size, strength)
+    shot = camera.sample_shot(rng, size, size, strength)
     photo = camera.shoot(np.asarray(page), shot)
     objects = []
     for obj, width in zip(scene.objects, strokes):

@@ -90,6 +90,7 @@ class DataRecipe:
     min_perc_in_image: float = 0.5
     crop_scale: tuple[float, float] = (0.5, 1.0)
     augment: bool = True
+    camera: float = 0.0  # probability of photographing a sample with a desk lamp's camera (training/camera.py)
     num_workers: int = 0
     # Multi-task pretraining (`SceneTaskDataset`): with both set, every image-text batch also trains captioning,
     # VQA and `check` on its images; "" trains the pretraining losses only.
@@ -328,7 +329,8 @@ def build_streams(recipe: TrainRecipe, tokenizer: Tokenizer, config: ModelConfig
     d, root = recipe.data, Path(recipe.data.train_dir)
     text = D.TextConfig(max_words=d.max_words, max_tokens=d.max_tokens, mask_prob=d.mask_prob, max_masks=d.max_masks,
                         skipgram_prb=d.skipgram_prb, skipgram_size=d.skipgram_size)  # fmt: skip
-    common = dict(image_res=config.vision.image_res, patch_size=config.vision.box_patch_size, text=text, augment=d.augment)
+    common = dict(image_res=config.vision.image_res, patch_size=config.vision.box_patch_size, text=text, augment=d.augment,
+                  camera=d.camera)  # fmt: skip
     if d.vqa and d.check:
         captions = D.SceneTaskDataset(root / d.captions, tokenizer, vqa=root / d.vqa, check=root / d.check,
                                       prompt=config.tasks.caption_prompt, answer_tokens=d.answer_tokens,
