@@ -8,6 +8,7 @@ training state) and resumed: they must be equal, float for float.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -101,6 +102,25 @@ def test_temperature_is_clamped_to_the_official_range() -> None:
         model.temp.data.fill_(value)
         T.clamp_temperature(model)
         assert model.temp.item() == pytest.approx(expected)
+
+
+def test_a_run_starts_from_an_earlier_stages_matching_weights(tmp_path: Path) -> None:
+    from training.synthetic import build_vocab
+    from xvlm_edge.checkpoint import Checkpoint, save
+    from xvlm_edge.tokenizer import Tokenizer
+
+    config = T.model_config(T.TrainRecipe(), vocab_size=len(build_vocab()))
+    earlier = XVLM(config)
+    T.init_weights(earlier, 0.2)
+    save(Checkpoint(earlier, Tokenizer(build_vocab(), source="synthetic"), config), tmp_path / "stage1")
+    model = XVLM(dataclasses.replace(config, heads=(*config.heads, "caption")))  # a head the earlier stage lacks
+    T.init_weights(model, 0.02)
+    T.start_from(model, str(tmp_path / "stage1"))
+    earlier_state = earlier.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, earlier_state[name]) if name in earlier_state else not name.startswith("vision_encoder")
+    with pytest.raises(SystemExit, match="no weight"):
+        T.start_from(torch.nn.Linear(3, 3), str(tmp_path / "stage1"))  # nothing in common
 
 
 def test_atomic_save_never_exposes_a_partial_file(tmp_path: Path) -> None:

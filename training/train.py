@@ -70,6 +70,7 @@ class ModelRecipe:
     heads: tuple[str, ...] = ("itc", "itm", "mlm", "bbox")
     image_res: int = 0  # 0: the preset's
     init_std: float = 0.02  # BERT/Swin's N(0, 0.02); training/README.md has what wider inits did to the tiny model
+    init: str = ""  # a checkpoint directory whose matching weights start the run (an earlier stage); "" : init_std
 
 
 @dataclass
@@ -607,6 +608,8 @@ def train(recipe: TrainRecipe) -> Path:
     torch.manual_seed(recipe.seed)
     model = XVLM(config)
     init_weights(model, recipe.model.init_std)
+    if recipe.model.init:
+        start_from(model, recipe.model.init)
     model = model.to(ctx.device).train()
     seed = recipe.seed + ctx.rank
     random.seed(seed)
@@ -717,6 +720,19 @@ def train(recipe: TrainRecipe) -> Path:
         dist.barrier()
         dist.destroy_process_group()
     return out / "model"
+
+
+def start_from(model: XVLM, directory: str) -> None:
+    """Copy into `model` every weight of checkpoint `directory` whose name and shape match (a staged recipe's
+    earlier stage, e.g. a pretrained vision encoder); the rest keeps its initialisation. A checkpoint that
+    shares no weight with the model is a mistake, and ends the run."""
+    state = load_directory(directory).model.state_dict()
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise SystemExit(f"--model.init {directory}: no weight of that checkpoint fits this model")
+    model.load_state_dict(matched, strict=False)
+    print(f"started from {directory}: {len(matched)} of {len(own)} tensors", file=sys.stderr)
 
 
 def calibrate(recipe: TrainRecipe, model: XVLM, tokenizer: Tokenizer, config: ModelConfig) -> ModelConfig:
