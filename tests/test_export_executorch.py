@@ -50,7 +50,7 @@ FRESH_ENCODER = (Sizes(images=2, rows=5, tokens=11, past=0, new=1), Sizes(images
 FRESH_DECODER = (Sizes(images=1, rows=5, tokens=4, past=9, new=3), Sizes(images=1, rows=8, tokens=6, past=0, new=7))
 
 
-def micro_checkpoint(directory: Path, heads: tuple[str, ...], seed: int = 0) -> Path:
+def micro_checkpoint(directory: Path, heads: tuple[str, ...], seed: int = 0, box_head: str = "cls") -> Path:
     """A micro random model saved as a checkpoint directory (weights spread so logits are not nearly tied)."""
     tokenizer = Tokenizer.from_file(VOCAB)
     tiny = get_preset("tiny", heads)
@@ -59,6 +59,7 @@ def micro_checkpoint(directory: Path, heads: tuple[str, ...], seed: int = 0) -> 
         vision=SwinConfig(image_res=32, embed_dim=16, depths=(2,), num_heads=(1,), window_size=4, ape=True),
         text=dataclasses.replace(tiny.text, vocab_size=len(tokenizer), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, fusion_layer=1),
         embed_dim=16,
+        box_head=box_head,
     )
     torch.manual_seed(seed)
     model = XVLM(config).eval()

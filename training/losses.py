@@ -307,7 +307,7 @@ def pretrain_losses(
         return PretrainLosses(itc, itm, mlm)
 
     full_context = model.image_context(full, index=idx_to_group_img)
-    pred = model.predict_bbox(model.fuse(text_embeds, text_atts, full_context))
+    pred = model.predict_bbox(model.fuse(text_embeds, text_atts, full_context), text_atts, full_context)
     bbox, giou = bbox_losses(pred, target_bbox, is_image)
     return PretrainLosses(itc, itm, mlm, bbox, giou)
 

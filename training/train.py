@@ -70,6 +70,7 @@ class ModelRecipe:
     heads: tuple[str, ...] = ("itc", "itm", "mlm", "bbox")
     image_res: int = 0  # 0: the preset's
     init_std: float = 0.02  # BERT/Swin's N(0, 0.02); training/README.md has what wider inits did to the tiny model
+    box_head: str = "cls"  # xvlm_edge.config.BOX_HEADS; "attend" for a model trained from scratch (README)
     init: str = ""  # a checkpoint directory whose matching weights start the run (an earlier stage); "" : init_std
 
 
@@ -228,7 +229,7 @@ def model_config(recipe: TrainRecipe, vocab_size: int) -> ModelConfig:
     vision = config.vision
     if recipe.model.image_res:
         vision = dataclasses.replace(vision, image_res=recipe.model.image_res)
-    return dataclasses.replace(config, text=text, vision=vision, max_tokens=recipe.data.max_tokens)
+    return dataclasses.replace(config, text=text, vision=vision, max_tokens=recipe.data.max_tokens, box_head=recipe.model.box_head)
 
 
 def build_tokenizer(recipe: TrainRecipe) -> Tokenizer:

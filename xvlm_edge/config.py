@@ -23,6 +23,11 @@ from xvlm_edge.errors import CheckpointError
 #: The task heads a model can carry. Which ones a checkpoint has is part of its layout.
 HEADS = ("itc", "itm", "bbox", "mlm", "nlvr", "vqa", "caption")
 
+#: How the `bbox` head reads a box (`models/box_head.py`). "cls": the official MLP on the fused [CLS].
+#: "attend": the phrase attends over the image's patches and the centre is the attention-weighted mean of
+#: the patch centres (training/README.md has the measurement that made the tiny model need it).
+BOX_HEADS = ("cls", "attend")
+
 #: Activations the models implement (`models/layers.py::ACTIVATIONS`).
 HIDDEN_ACTS = ("gelu", "quick_gelu")
 
@@ -213,6 +218,7 @@ class ModelConfig:
     max_tokens: int = 40
     check_threshold: float = 0.5  # ITM probability above which `check` says "true"
     tasks: TaskConfig = field(default_factory=TaskConfig)
+    box_head: str = "cls"  # one of BOX_HEADS; "cls" is the official one, and the only one official checkpoints have
 
     def __post_init__(self) -> None:
         if not isinstance(self.vision, (SwinConfig, ClipVitConfig)) or not isinstance(self.text, TextConfig):
@@ -226,6 +232,8 @@ class ModelConfig:
             raise CheckpointError(f"unknown heads {sorted(unknown)}; known heads are {list(HEADS)}")
         if len(set(self.heads)) != len(self.heads):
             raise CheckpointError(f"heads {list(self.heads)} name a head twice")
+        if self.box_head not in BOX_HEADS:
+            raise CheckpointError(f"unknown box_head {self.box_head!r}; known box heads are {list(BOX_HEADS)}")
         _int(self, "embed_dim")
         _int(self, "max_tokens", minimum=2)  # [CLS] and at least one piece
         _real(self, "temp")

@@ -262,7 +262,7 @@ class FusionGraph(Graph):
         if self.itm:
             out.append(self.model.itm_logits(cross))
         if self.bbox:
-            out.append(self.model.predict_bbox(cross))
+            out.append(self.model.predict_bbox(cross, text_atts, context))
         return tuple(out)
 
 

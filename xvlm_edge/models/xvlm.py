@@ -17,6 +17,7 @@ from torch import nn
 from xvlm_edge.concepts import box_pool
 from xvlm_edge.config import ModelConfig
 from xvlm_edge.models.bert import BertLM, BertModel, CrossContext, LMHead
+from xvlm_edge.models.box_head import AttendBoxHead
 from xvlm_edge.models.clip_vit import ClipVisionTransformer
 from xvlm_edge.models.layers import build_head
 from xvlm_edge.models.swin import SwinTransformer
@@ -45,7 +46,9 @@ class XVLM(nn.Module):
             self.temp = nn.Parameter(torch.tensor(config.temp))
         if "itm" in heads:
             self.itm_head = build_head(hidden, 2)
-        if "bbox" in heads:
+        if "bbox" in heads and config.box_head == "attend":
+            self.bbox_head = AttendBoxHead(hidden, vision.width, vision.grid)
+        elif "bbox" in heads:
             self.bbox_head = build_head(hidden, 4)
         if "nlvr" in heads:
             self.cls_head = build_head(hidden, 2)
@@ -140,8 +143,15 @@ class XVLM(nn.Module):
     def itm_logits(self, cross_embeds: torch.Tensor) -> torch.Tensor:
         return self.itm_head(cross_embeds[:, 0])
 
-    def predict_bbox(self, cross_embeds: torch.Tensor) -> torch.Tensor:
-        """Normalised (cx, cy, w, h) of the squashed square image, from the fused [CLS]."""
+    def predict_bbox(
+        self, cross_embeds: torch.Tensor, text_atts: torch.Tensor | None = None, context: CrossContext | None = None
+    ) -> torch.Tensor:
+        """Normalised (cx, cy, w, h) of the squashed square image: from the fused [CLS] (official `cls` head),
+        or from the phrase's attention over the patches of `context` (`attend` head: needs text_atts, context)."""
+        if self.config.box_head == "attend":
+            if text_atts is None or context is None:
+                raise ValueError("the attend box head reads the fusion's text_atts and context; pass both")
+            return self.bbox_head(cross_embeds, text_atts, context)
         return self.bbox_head(cross_embeds[:, 0]).sigmoid()
 
     def mlm_logits(self, hidden: torch.Tensor, masked_pos: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,63 @@
+"""The `attend` box head: a phrase finds its object by attending over the image's patches.
+
+The official head regresses (cx, cy, w, h) from the fused [CLS] alone, so the location has to travel from the
+patches into one vector and out through an MLP. Trained from scratch on the synthetic domain, that path stays at
+the mean box (training/README.md). Here the location never leaves the patch grid: the phrase (its fused [CLS]
+plus the mean of its fused tokens, so that the query depends on the words) attends over its image's patches,
+the centre is the attention-weighted mean of the known patch centres, and only the size is regressed, from the
+phrase and the attended patches. Official checkpoints have the `cls` head; this one is a preset option.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from xvlm_edge.models.bert import CrossContext
+from xvlm_edge.models.layers import build_head
+
+
+def patch_centres(grid: int) -> torch.Tensor:
+    """(grid * grid, 2) normalised (x, y) centres of the row-major patch grid."""
+    steps = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+    y, x = torch.meshgrid(steps, steps, indexing="ij")
+    return torch.stack([x.reshape(-1), y.reshape(-1)], dim=1)
+
+
+class AttendBoxHead(nn.Module):
+    def __init__(self, hidden: int, width: int, grid: int) -> None:
+        super().__init__()
+        self.query_norm = nn.LayerNorm(hidden)
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(width, hidden)
+        self.size = build_head(hidden + width, 2)
+        self.register_buffer("centres", patch_centres(grid), persistent=False)
+
+    def forward(self, cross: torch.Tensor, text_atts: torch.Tensor, context: CrossContext) -> torch.Tensor:
+        """cross (K, T, hidden) fused text, text_atts (K, T), the fusion's context -> (K, 4) cxcywh in [0, 1]."""
+        if context.states is None:
+            raise ValueError("the attend box head needs the image's patch states in the context, not only K/V")
+        patches, atts = (context.states, context.atts) if context.pooled else (context.states[:, 1:], context.atts[:, 1:])
+        rows = cross.shape[0]
+        index = context.index
+        if index is None:  # rows grouped by image: image b owns rows b*r .. b*r + r - 1
+            index = torch.arange(rows, device=cross.device) // (rows // patches.shape[0])
+
+        # the words' mask without [CLS]; not a [:, 1:] slice, which torch.export guards against one-word texts
+        first = torch.arange(cross.shape[1], device=cross.device) == 0
+        # unsqueezed while integer: XNNPACK takes a float reshape with one dynamic axis only (K and T here)
+        words = text_atts.masked_fill(first, 0)[..., None].to(cross.dtype)  # (K, T, 1)
+        phrase = cross[:, 0] + (cross * words).sum(1) / words.sum(1).clamp(min=1)
+        query = self.query(self.query_norm(phrase))  # (K, hidden)
+        keys = self.key(patches)[index]  # (K, N, hidden): projected once per image
+        # products and sums, not einsum: its batched matmul needs a reshape over two dynamic axes (K, and T or
+        # B), which XNNPACK (the lamp SDK's delegate) cannot take
+        scores = (keys * query[:, None]).sum(-1) / math.sqrt(query.shape[-1])
+        scores = scores.masked_fill(atts == 0, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(dim=-1)
+        centre = weights @ self.centres.to(weights.dtype)  # (K, 2)
+        attended = (weights[..., None] * patches[index]).sum(1)
+        size = self.size(torch.cat([phrase, attended], dim=-1)).sigmoid()
+        return torch.cat([centre, size], dim=-1)
