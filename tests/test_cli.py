@@ -86,7 +86,7 @@ def test_caption_examples_with_the_embedded_model_adds_one_note(env: dict) -> No
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 4 and all(".png: " in line for line in result.stdout.splitlines())
     assert result.stderr == f"xvlm-edge: note: {EMBEDDED_MODEL_NOTE}\n"
-    assert "MODEL_CARD.md" in EMBEDDED_MODEL_NOTE and "wrong shape" in EMBEDDED_MODEL_NOTE and "chance" in EMBEDDED_MODEL_NOTE
+    assert "MODEL_CARD.md" in EMBEDDED_MODEL_NOTE and "synthetic shapes only" in EMBEDDED_MODEL_NOTE
 
 
 def test_ground_draws_one_png_or_one_per_image(env: dict, tmp_path: Path) -> None:

@@ -51,11 +51,11 @@ def test_missing_default_model_is_a_clear_checkpoint_error(tmp_path: Path, monke
         xvlm_edge.load()
 
 
-#: The shipped model is under-trained (MODEL_CARD.md): it learned colours and counts but not shapes, so it
-#: names shapes from the language prior, and it grounds every phrase near the middle of the image. These checks
-#: say what a good default model does; strict xfail turns them into failures the day they pass, so the mark
-#: goes once a better-trained model ships.
-UNDER_TRAINED = pytest.mark.xfail(strict=True, reason="the shipped model is under-trained (see MODEL_CARD.md)")
+#: Where the shipped model still falls short (MODEL_CARD.md): it grounds 46 % of held-out phrases at IoU 0.5,
+#: and it judges counts of a shape alone ("there are three stars", most of the examples' statements) right only
+#: 44 % of the time. These checks say what a good default model does; strict xfail turns them into failures the
+#: day they pass, so the mark goes once a better-trained model ships.
+UNDER_TRAINED = pytest.mark.xfail(strict=True, reason="the shipped model is under-trained here (see MODEL_CARD.md)")
 
 
 def _iou(a: list[float], b: list[float]) -> float:
@@ -93,7 +93,6 @@ def _singular(word: str) -> str:
     return {plural: shape for shape, plural in PLURALS.items()}.get(word, word)
 
 
-@UNDER_TRAINED
 def test_captions_name_shapes_actually_present(model: xvlm_edge.api.Model) -> None:
     hits = 0
     for image in EXAMPLES:
@@ -126,6 +125,7 @@ def test_ground_finds_the_named_objects(model: xvlm_edge.api.Model) -> None:
     assert hits >= 0.8 * len(ious), f"{hits} of {len(ious)} phrases grounded at IoU >= 0.5"
 
 
+@UNDER_TRAINED
 def test_check_returns_verdicts_that_mostly_agree_with_the_scene(model: xvlm_edge.api.Model) -> None:
     right = total = 0
     for image in EXAMPLES:

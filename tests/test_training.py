@@ -22,6 +22,7 @@ import torch
 
 from training import train as T
 from xvlm_edge.config import get_preset
+from xvlm_edge.errors import CheckpointError
 from xvlm_edge.models.xvlm import XVLM
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +69,10 @@ def test_recipe_loads_and_rejects_unknown_keys(tmp_path: Path) -> None:
     assert recipe.optim.lr == 3e-4 and recipe.data.regions == ()
     ablation = T.load_recipe(str(REPO / "training/recipes/tiny_synthetic_no_regions.yaml"), [])
     assert ablation.data.regions == () and ablation.loss.bbox == 0 and ablation.loss.giou == 0
+    attend = T.load_recipe(str(REPO / "training/recipes/tiny_synthetic.yaml"), ["--model.box_head=attend"])
+    assert T.model_config(attend, vocab_size=50).box_head == "attend"
+    with pytest.raises(CheckpointError, match="unknown box_head"):
+        T.model_config(T.load_recipe(None, ["--model.box_head=mlp"]), vocab_size=50)
     with pytest.raises(SystemExit, match="unknown key"):
         T.load_recipe(None, ["--optim.lrr=1"])
     with pytest.raises(SystemExit, match="must be int"):
@@ -121,6 +126,8 @@ def test_a_run_starts_from_an_earlier_stages_matching_weights(tmp_path: Path) ->
         assert torch.equal(value, earlier_state[name]) if name in earlier_state else not name.startswith("vision_encoder")
     with pytest.raises(SystemExit, match="no weight"):
         T.start_from(torch.nn.Linear(3, 3), str(tmp_path / "stage1"))  # nothing in common
+    with pytest.raises(SystemExit, match="no checkpoint there"):
+        T.start_from(model, str(tmp_path / "stage0"))  # the earlier stage has not run
 
 
 def test_atomic_save_never_exposes_a_partial_file(tmp_path: Path) -> None:

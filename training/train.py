@@ -727,6 +727,8 @@ def start_from(model: XVLM, directory: str) -> None:
     """Copy into `model` every weight of checkpoint `directory` whose name and shape match (a staged recipe's
     earlier stage, e.g. a pretrained vision encoder); the rest keeps its initialisation. A checkpoint that
     shares no weight with the model is a mistake, and ends the run."""
+    if not (Path(directory) / "config.json").is_file():
+        raise SystemExit(f"--model.init {directory}: no checkpoint there; the earlier stage writes it (training/README.md)")
     state = load_directory(directory).model.state_dict()
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
