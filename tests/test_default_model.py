@@ -37,7 +37,7 @@ def _domain_words() -> set[str]:
 def test_the_default_model_ships_small_with_every_head(model: xvlm_edge.api.Model) -> None:
     assert 3 <= len(EXAMPLES) <= 5
     default = ASSETS / "default"
-    size = sum(p.stat().st_size for p in default.iterdir())
+    size = sum(p.stat().st_size for p in default.rglob("*") if p.is_file())  # weights, vocab, gate images
     assert size <= 30 * 2**20, f"the embedded model is {size / 2**20:.1f} MB, over the 30 MB budget"
     assert set(model.config.heads) == {"itc", "itm", "mlm", "bbox", "caption", "vqa"}
     assert 0.0 < model.config.check_threshold < 1.0
@@ -135,3 +135,21 @@ def test_check_returns_verdicts_that_mostly_agree_with_the_scene(model: xvlm_edg
         right += sum(v.verdict == s["label"] for v, s in zip(verdicts, statements))
         total += len(statements)
     assert right / total >= 0.75, f"{right} of {total} statements judged right"
+
+
+def test_int8_export_passes_its_gate_with_every_encoder_in_int8(tmp_path: Path) -> None:
+    """`xvlm-edge export <default> --precision int8`, no flags: gated on the model's own held-out scenes
+    (`gate_images/`, 64 of the calibration seed), the search keeps no encoder graph in float."""
+    import shutil
+
+    from xvlm_edge.checkpoint import GATE_IMAGES_DIR
+    from xvlm_edge.export import export_model
+
+    copy = shutil.copytree(ASSETS / "default", tmp_path / "default")
+    assert len(list((copy / GATE_IMAGES_DIR).glob("*.png"))) == 64
+    manifest = export_model(copy, "int8", threads=2)
+    quantization = manifest.quantization
+    assert manifest.accuracy["passed"] and quantization["eval_images"] == str(copy / GATE_IMAGES_DIR)
+    assert manifest.accuracy["metrics"]["eval_images"] == 64
+    for graph in ("vision", "text", "fusion", "multimodal"):
+        assert quantization["plan"][graph]["option"] != "float", (graph, quantization["plan"][graph])

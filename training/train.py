@@ -710,7 +710,7 @@ def train(recipe: TrainRecipe) -> Path:
         if recipe.steps > start or not final.exists():
             if recipe.data.calibration_scenes and "itm" in config.heads:
                 config = calibrate(recipe, model, tokenizer, config)
-            save(Checkpoint(model, tokenizer, config), final)
+            save(Checkpoint(model, tokenizer, config), final, gate_images=gate_images(recipe))
         metrics.close()
         if bar is not None:
             bar.close()
@@ -736,6 +736,14 @@ def start_from(model: XVLM, directory: str) -> None:
         raise SystemExit(f"--model.init {directory}: no weight of that checkpoint fits this model")
     model.load_state_dict(matched, strict=False)
     print(f"started from {directory}: {len(matched)} of {len(own)} tensors", file=sys.stderr)
+
+
+def gate_images(recipe: TrainRecipe) -> list[Path]:
+    """The held-out calibration scenes an INT8 export of the model is gated on (`GATE_IMAGES_DIR`), if any."""
+    from xvlm_edge.export.int8 import EVAL_IMAGES
+
+    folder = Path(recipe.data.calibration_dir) / "images"
+    return sorted(folder.glob("*.png"))[:EVAL_IMAGES] if recipe.data.calibration_scenes and folder.is_dir() else []
 
 
 def calibrate(recipe: TrainRecipe, model: XVLM, tokenizer: Tokenizer, config: ModelConfig) -> ModelConfig:

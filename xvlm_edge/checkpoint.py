@@ -19,8 +19,9 @@ import logging
 import math
 import pickle
 import re
+import shutil
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.txt"
 ANSWER_LIST_FILE = "answer_list.json"  # optional: a JSON list of answer strings (the official VQA answer_list.json)
+#: Optional: held-out images of the model's own domain. An INT8 export given no --eval-images is gated on them
+#: (generated images otherwise), so a domain model is judged on what it will see.
+GATE_IMAGES_DIR = "gate_images"
 
 #: Official key prefix -> ours, per layout. Everything not listed keeps its name.
 RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -538,8 +542,9 @@ def _official_vocab(yaml: Mapping, root: Path) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def save(checkpoint: Checkpoint, directory: str | Path) -> Path:
-    """Write our format atomically (`atomic_directory`), with `answer_list.json` when the checkpoint has one."""
+def save(checkpoint: Checkpoint, directory: str | Path, gate_images: Sequence[Path] = ()) -> Path:
+    """Write our format atomically (`atomic_directory`), with `answer_list.json` when the checkpoint has one
+    and a copy of `gate_images` (image files) in `GATE_IMAGES_DIR`."""
     from safetensors.torch import save_model
 
     if checkpoint.model is None:
@@ -550,6 +555,10 @@ def save(checkpoint: Checkpoint, directory: str | Path) -> Path:
         checkpoint.tokenizer.save(tmp / VOCAB_FILE)
         if checkpoint.answer_list is not None:
             (tmp / ANSWER_LIST_FILE).write_text(json.dumps(checkpoint.answer_list, ensure_ascii=False) + "\n", encoding="utf-8")
+        if gate_images:
+            (tmp / GATE_IMAGES_DIR).mkdir()
+            for image in gate_images:
+                shutil.copyfile(image, tmp / GATE_IMAGES_DIR / Path(image).name)
     return Path(directory)
 
 

@@ -110,7 +110,8 @@ def add_commands(sub, common: argparse.ArgumentParser) -> list[argparse.Argument
                         help="runtime the export is for: onnxruntime runs fp32/int8 ONNX, tensorrt builds engines from fp32/fp16/int8 ONNX, "
                              "executorch writes one XNNPACK .pte per graph (fp32/int8) with vocab.txt and config.json, for the C++ SDK")  # fmt: skip
     export.add_argument("--calibration", type=Path, help="folder of images calibrating static INT8 (default: generated images; not for executorch)")
-    export.add_argument("--eval-images", type=Path, help="folder of images the accuracy gate compares on (default: 64 generated)")
+    export.add_argument("--eval-images", type=Path,
+                        help="folder of images the accuracy gate compares on (default: the checkpoint's gate_images/, else 64 generated)")
     export.add_argument("--exclude", nargs="+", help="ONNX node-name (executorch: module-name) substrings kept in float (default: patch_embed)")
     export.add_argument("--keep-fp32", nargs="+", help="graphs an int8 export leaves in fp32 from the start (e.g. answer_step answer_score)")
     export.add_argument("--sensitive-search", type=non_negative_int, metavar="N",

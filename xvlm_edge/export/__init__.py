@@ -125,10 +125,12 @@ def export_model(
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir} is not a checkpoint directory", hint="convert first: xvlm-edge convert CKPT DIR")
-    from xvlm_edge.checkpoint import load_directory
+    from xvlm_edge.checkpoint import GATE_IMAGES_DIR, load_directory
     from xvlm_edge.files import atomic_directory
 
     checkpoint = load_directory(model_dir)
+    if eval_images is None and (model_dir / GATE_IMAGES_DIR).is_dir():
+        eval_images = model_dir / GATE_IMAGES_DIR  # the checkpoint's own held-out domain images
     final = Path(destination) if destination is not None else export_dir(model_dir, target, precision)
     with atomic_directory(final) as tmp:
         fp32_dir = tmp if precision == "fp32" else tmp / ".fp32"
@@ -296,6 +298,7 @@ def _int8(checkpoint, manifest: ExportManifest, fp32_dir: Path, out: Path, targe
         "exclude": list(settings.exclude),
         "keep_fp32": list(settings.keep_fp32),
         "calibration_images": len(calibration_images),
+        "eval_images": "generated" if eval_images is None else str(eval_images) if isinstance(eval_images, (str, Path)) else "given",
         "sensitivity_budget": settings.sensitivity_budget,
         "mode": "strict" if settings.strict else "force" if settings.force else "search",
         "plan": plan,
