@@ -58,6 +58,21 @@ def box_pool(patches: torch.Tensor, idx_to_group_img: torch.Tensor, patch_mask: 
     return summed / weights.sum(-1, keepdim=True)
 
 
+def check_grouping(rows: int, images: int) -> None:
+    """`idx_to_group_img=None` groups query rows by image (image b owns rows b*r .. b*r + r - 1): rows must split evenly."""
+    if rows % images:
+        raise InputError(
+            f"box_cross_attention: idx_to_group_img=None groups the query rows by image, but {rows} rows "
+            f"cannot be split evenly over {images} images (give an index instead)"
+        )
+
+
+def group_index(rows: int, images: int, device: torch.device) -> torch.Tensor:
+    """The (rows,) image index that `idx_to_group_img=None` means."""
+    check_grouping(rows, images)
+    return torch.arange(images, device=device).repeat_interleave(rows // images)
+
+
 def box_cross_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -84,15 +99,11 @@ def box_cross_attention(
         return _run_kernel(kernel, q, k, v, idx_to_group_img, mask)
     if idx_to_group_img is None:
         rows, images = q.shape[0], k.shape[0]
-        if rows % images:
-            raise InputError(
-                f"box_cross_attention: idx_to_group_img=None groups the query rows by image, but {rows} rows "
-                f"cannot be split evenly over {images} images (give an index instead)"
-            )
+        check_grouping(rows, images)
         if not pooled:
             return _grouped_attention(q, k, v, mask)
         if rows != images:
-            idx_to_group_img = torch.arange(images, device=q.device).repeat_interleave(rows // images)  # (K,)
+            idx_to_group_img = group_index(rows, images, q.device)  # (K,)
     if idx_to_group_img is not None:
         k, v = k[idx_to_group_img], v[idx_to_group_img]  # (K, H, N, d): an index, not a projection
     mask = mask.to(q.dtype)[:, None, None, :]  # (K, 1, 1, N)

@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from xvlm_edge.concepts import group_index
 from xvlm_edge.models.bert import CrossContext
 from xvlm_edge.models.layers import build_head
 
@@ -40,10 +41,9 @@ class AttendBoxHead(nn.Module):
         if context.states is None:
             raise ValueError("the attend box head needs the image's patch states in the context, not only K/V")
         patches, atts = (context.states, context.atts) if context.pooled else (context.states[:, 1:], context.atts[:, 1:])
-        rows = cross.shape[0]
         index = context.index
-        if index is None:  # rows grouped by image: image b owns rows b*r .. b*r + r - 1
-            index = torch.arange(rows, device=cross.device) // (rows // patches.shape[0])
+        if index is None:
+            index = group_index(cross.shape[0], patches.shape[0], cross.device)
 
         # the words' mask without [CLS]; not a [:, 1:] slice, which torch.export guards against one-word texts
         first = torch.arange(cross.shape[1], device=cross.device) == 0
