@@ -126,7 +126,14 @@ def test_official_captioning_fixture_ids_equal_torch(reference_dir, tmp_path) ->
 
 
 def test_threads_and_info(model_dir) -> None:
-    model = xvlm_edge.load(model_dir, backend="onnxruntime", threads=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = xvlm_edge.load(model_dir, backend="onnxruntime", threads=2)
+        # torch only does the decoding bookkeeping beside ONNX Runtime: one thread, so its pool does not contend
+        assert torch.get_num_threads() == 1 and model.info["torch_threads"] == "1"
+    finally:
+        torch.set_num_threads(before)
     assert model.info["backend"] == "onnxruntime" and model.info["threads"] == "2" and model.info["precision"] == "fp32"
     assert model.info["threads_reason"] == "asked"
     defaulted = xvlm_edge.load(model_dir, backend="onnxruntime")

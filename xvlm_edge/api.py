@@ -469,9 +469,10 @@ def load(
 
     Every argument is checked before anything is read. `threads` (a positive int) sets the CPU threads:
     torch's process-wide `torch.set_num_threads` for the torch backend, the session's intra-op threads for
-    ONNX Runtime. With `threads=None` the count is `default_threads()`: the usable CPUs that the 1-minute
-    load average leaves idle, never more than torch's current count. For the torch backend that also lowers
-    the process-wide torch thread count when the machine is busy (it never raises it); `model.info["threads"]`
+    ONNX Runtime (which sets torch's count to 1: `create_runtime` says why). With `threads=None` the count
+    is `default_threads()`: the usable CPUs that the 1-minute load average leaves idle, never more than
+    torch's current count. For the torch backend that also lowers the process-wide torch thread count when
+    the machine is busy (it never raises it); `model.info["threads"]`
     reports the count and `info["threads_reason"]` why.
     """
     if path is not None and not isinstance(path, (str, os.PathLike)):

@@ -41,9 +41,10 @@ def ort_session(path: str | Path, threads: int | None = None, *, optimized_copy:
     """An ONNX Runtime CPU session for `path`, every graph optimisation on; `threads` intra-op threads (None:
     ORT's default, every core). The optimised graph ORT runs is saved to `optimized_copy` when given.
 
-    Threads never spin: decoding interleaves short ORT runs with torch ops (beam search, cache reorder), and
-    ORT's threads spinning after each run starved torch's on the same cores (log_softmax of a (3, 156)
-    tensor took 1.8 ms instead of 10 us).
+    Threads spin while a run lasts and stop at its end (`force_spinning_stop`). Without spinning, every
+    parallel op waited for its worker to wake: a 2-thread INT8 decoder step took 11 ms, no faster than one
+    thread, and 7.5 ms spinning. Spinning past the end of a run starved the torch ops that decoding
+    interleaves (log_softmax of a (3, 156) tensor took 1.8 ms instead of 10 us).
 
     Denormals are flushed to zero: Swin's shifted-window mask sends exp(-100) through Softmax, and denormal
     arithmetic made Softmax 20 % of the INT8 vision graph (131 ms, Xeon with AVX-512); flushed, the graph
@@ -54,7 +55,8 @@ def ort_session(path: str | Path, threads: int | None = None, *, optimized_copy:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
     if threads is not None:
         options.intra_op_num_threads = threads
