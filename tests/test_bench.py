@@ -36,13 +36,16 @@ def test_bench_leaves_the_model_directory_byte_identical(tmp_path: Path, capsys)
     export_model(model_dir, "int8", calibration=images(4, seed=5), eval_images=images(2, seed=6), force=True, threads=1)
     before = tree_hashes(model_dir)
     out = tmp_path / "report"
-    args = ["bench", "--model", str(model_dir), "--batch", "1", "--repeats", "1", "--tasks", "ground", "--threads", "1"]
+    args = ["bench", "--model", str(model_dir), "--batch", "1", "--repeats", "1", "--tasks", "ground", "--threads", "2"]
     assert main([*args, "--out", str(out), "--json"]) == 0
     assert tree_hashes(model_dir) == before
     report = json.loads(capsys.readouterr().out)
     assert json.loads(Path(f"{out}.json").read_text()) == report
     assert report["machine"]["cpu_flags"] == list(cpu_flags())
     assert {(r["backend"], r["precision"]) for r in report["results"]} == {("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")}
+    # each backend timed in the torch thread state its load sets: torch's own count, 1 beside ONNX Runtime
+    assert {r["backend"]: r["torch_threads"] for r in report["results"]} == {"torch": 2, "onnxruntime": 1}
+    assert all(r["runs"] == 1 and r["p50_s"] > 0 for r in report["results"])
     int8, fp32 = report["exports"]["int8"], report["exports"]["fp32"]
     assert int8["seconds"] is None and int8["export"] == str(model_dir / "export" / "onnxruntime-int8")  # read only
     assert fp32["seconds"] > 0 and not fp32["export"].startswith(str(model_dir))  # made in a temporary directory

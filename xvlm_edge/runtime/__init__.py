@@ -73,6 +73,7 @@ def create_runtime(
 
     runtime = TorchRuntime(model, precision=precision, device=device)
     runtime.info["requested"] = backend
+    runtime.info["torch_threads"] = str(torch.get_num_threads())
     if backend == "auto":
         runtime.info["reason"] = "auto: torch (exported backends are chosen explicitly)"
         log.info("backend auto -> torch on %s (%s)", runtime.device, precision)
