@@ -517,4 +517,5 @@ def load(
     )
     runtime.info["threads"] = str(threads)
     runtime.info["threads_reason"] = reason
+    runtime.info["torch_threads"] = str(torch.get_num_threads())  # as the runtime left it (create_runtime)
     return Model(checkpoint, runtime)

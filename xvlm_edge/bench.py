@@ -38,7 +38,7 @@ import torch
 from xvlm_edge.errors import ForcedExportWarning
 
 BENCH_HEADS = ("itc", "itm", "bbox", "caption")
-BACKENDS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))
+TIMED_BACKENDS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))
 TASKS = ("caption", "ground", "match", "vision")
 #: Images of the gate run recorded with a forced benchmark export (random weights fail it; it is not a plan).
 GATE_IMAGES = 8
@@ -220,7 +220,7 @@ def run(config: BenchConfig) -> dict:
         weights_bytes = (source / "model.safetensors").stat().st_size
         del first
         models = {}  # every backend at once: the rounds below interleave them
-        for backend, precision in BACKENDS:
+        for backend, precision in TIMED_BACKENDS:
             with warnings.catch_warnings():  # a forced benchmark export says so in the JSON
                 warnings.simplefilter("ignore", ForcedExportWarning)
                 where = source if backend == "torch" else dirs[precision]

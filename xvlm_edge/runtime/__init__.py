@@ -50,7 +50,7 @@ def create_runtime(
     `threads` to their runtime and set torch's count to 1: torch only does the decoding bookkeeping between
     graph runs there (log-softmax, top-k, cache reorder over a few beams), too small to gain from a second
     thread, and its OpenMP pool waking and spinning beside the runtime's on the same cores cost every
-    step. Base preset, INT8 caption on 2 cores: 491 -> 434 ms median (`runtime.info["torch_threads"]`).
+    step. Base preset, INT8 caption on 2 cores: 491 -> 431 ms median (`Model.info["torch_threads"]`).
     """
     if precision not in PRECISIONS:
         raise BackendUnavailableError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
@@ -73,7 +73,6 @@ def create_runtime(
 
     runtime = TorchRuntime(model, precision=precision, device=device)
     runtime.info["requested"] = backend
-    runtime.info["torch_threads"] = str(torch.get_num_threads())
     if backend == "auto":
         runtime.info["reason"] = "auto: torch (exported backends are chosen explicitly)"
         log.info("backend auto -> torch on %s (%s)", runtime.device, precision)
@@ -121,7 +120,6 @@ def _exported(backend: str, precision: str, device, model_dir: str | Path | None
 
         runtime = TensorRTRuntime(directory / DEFAULT_ENGINE_SUBDIR, device=device)
     runtime.info["requested"] = backend
-    runtime.info["torch_threads"] = str(torch.get_num_threads())
     return runtime
 
 
