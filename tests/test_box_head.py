@@ -73,6 +73,38 @@ def test_the_query_reads_the_words() -> None:
     assert (box[0] - box[1]).abs().max() > 1e-3
 
 
+def test_the_box_is_read_from_the_attention_training_sees() -> None:
+    """forward is box(attend(...)): the weights the attention-mass loss trains are the ones the centre uses."""
+    model = attend_model(seed=2)
+    pixels = torch.randn(2, 3, model.config.vision.image_res, model.config.vision.image_res)
+    ids = torch.randint(5, 100, (3, 5))
+    atts = torch.ones_like(ids)
+    with torch.no_grad():
+        context = model.image_context(model.encode_image(pixels), index=torch.tensor([0, 1, 1]))
+        cross = model.fuse(model.encode_text(ids, atts), atts, context)
+        phrase, weights, patches = model.bbox_head.attend(cross, atts, context)
+        box = model.predict_bbox(cross, atts, context)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3))
+    torch.testing.assert_close(model.bbox_head.box(phrase, weights, patches), box, rtol=0, atol=0)
+
+
+def test_the_centre_is_read_around_the_strongest_patch() -> None:
+    """Attention leaked far from the strongest patch does not pull the centre; within its 3 x 3 neighbourhood
+    the centre is the renormalised weighted mean of the patch centres."""
+    model = attend_model()
+    grid = model.config.vision.grid
+    centres = patch_centres(grid)
+    weights = torch.zeros(2, grid * grid)
+    weights[0, 0], weights[0, grid * grid - 1] = 0.6, 0.4  # opposite corners: only the first counts
+    weights[1, 9], weights[1, 10], weights[1, 3 * grid + 3] = 0.5, 0.3, 0.2  # (1,1), (1,2) near; (3,3) not
+    phrase = torch.randn(2, model.config.text.hidden_size)
+    patches = torch.randn(2, grid * grid, model.config.vision.width)
+    with torch.no_grad():
+        box = model.bbox_head.box(phrase, weights, patches)
+    expected = torch.stack([centres[0], (0.5 * centres[9] + 0.3 * centres[10]) / 0.8])
+    torch.testing.assert_close(box[:, :2], expected, rtol=0, atol=1e-6)
+
+
 def test_config_names_the_head() -> None:
     with pytest.raises(CheckpointError, match="unknown box_head 'mlp'"):
         dataclasses.replace(get_preset("tiny"), box_head="mlp")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,18 @@ def test_bbox_losses_degenerate_rows_are_finite() -> None:
     assert giou.item() == 0.0 and torch.isfinite(pred.grad).all()
     l1, giou = losses.bbox_losses(pred.detach(), target, is_image=torch.ones(2, dtype=torch.long))
     assert l1.item() == 0.0 and giou.item() == 0.0  # no box at all: 0, not 0/0
+
+
+def test_attention_mass_loss_is_the_mean_nll_of_the_mass_on_the_box() -> None:
+    weights = torch.tensor([[0.5, 0.25, 0.25, 0.0], [0.1, 0.2, 0.3, 0.4], [1.0, 0.0, 0.0, 0.0]])
+    box = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 1], [0, 1, 1, 1]])
+    # row 3 puts no weight on its box: the mass is clamped at 1e-6, not log(0)
+    expected = -(math.log(0.75) + math.log(0.4) + math.log(1e-6)) / 3
+    assert losses.attention_mass_loss(weights, box).item() == pytest.approx(expected, rel=1e-6)
+    # whole-image rows (is_image 1) carry no box: left out of the sum and of the divisor
+    is_image = torch.tensor([0, 1, 1])
+    assert losses.attention_mass_loss(weights, box, is_image).item() == pytest.approx(-math.log(0.75), rel=1e-6)
+    assert losses.attention_mass_loss(weights, box, torch.ones(3, dtype=torch.long)).item() == 0.0
 
 
 @pytest.mark.parametrize("with_idx", [False, True])

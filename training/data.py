@@ -255,17 +255,22 @@ def sample_region_crop(
     *,
     allow_flip: bool,
     min_perc_in_image: float = 0.5,
+    whole_image: bool = False,
 ) -> RegionCrop:
     """The official region sampling on valid boxes (E, 4) `[x, y, w, h]` inside a `width` x `height` image.
 
     A random crop contains one randomly chosen box; every box with more than `min_perc_in_image` of its area
-    inside the crop is kept, clipped to the crop, and mirrored if the crop is flipped.
+    inside the crop is kept, clipped to the crop, and mirrored if the crop is flipped. `whole_image`: the crop
+    is the image itself (how the tasks see it), and every box is kept.
     """
-    x, y, w, h = (float(v) for v in boxes[int(rng.integers(len(boxes)))])
-    x0 = int(rng.integers(0, math.floor(x) + 1))
-    y0 = int(rng.integers(0, math.floor(y) + 1))
-    x1 = int(rng.integers(min(math.ceil(x + w), width), width + 1))
-    y1 = int(rng.integers(min(math.ceil(y + h), height), height + 1))
+    if whole_image:
+        x0, y0, x1, y1 = 0, 0, width, height
+    else:
+        x, y, w, h = (float(v) for v in boxes[int(rng.integers(len(boxes)))])
+        x0 = int(rng.integers(0, math.floor(x) + 1))
+        y0 = int(rng.integers(0, math.floor(y) + 1))
+        x1 = int(rng.integers(min(math.ceil(x + w), width), width + 1))
+        y1 = int(rng.integers(min(math.ceil(y + h), height), height + 1))
     w0, h0 = x1 - x0, y1 - y0
     flipped = bool(rng.random() < 0.5) and allow_flip
     kept = []
@@ -541,6 +546,7 @@ class RegionTextDataset(_JsonlDataset):
         min_perc_in_image: float = 0.5,
         careful_hflip: bool = True,
         camera: float = 0.0,
+        whole_image: float = 0.0,
     ) -> None:
         super().__init__(
             path, tokenizer, image_res=image_res, patch_size=patch_size, text=text, seed=seed, augment=augment,
@@ -549,7 +555,10 @@ class RegionTextDataset(_JsonlDataset):
         if max_regions < 1:
             msg = f"max_regions must be at least 1, got {max_regions}"
             raise InputError(msg)
+        if not 0.0 <= whole_image <= 1.0:
+            raise InputError(f"whole_image is a probability, got {whole_image}")
         self.max_regions = max_regions
+        self.whole_image = whole_image
         self.min_perc_in_image = min_perc_in_image
         self.careful_hflip = careful_hflip
 
@@ -601,9 +610,12 @@ class RegionTextDataset(_JsonlDataset):
         said = whole + [t for e in elems for t in e.captions + e.attributes]
         allow_flip = not (self.careful_hflip and mentions_left_or_right(said))
         boxes = np.array([e.box for e in elems], dtype=np.float64)
+        # drawn only when asked for, so that recipes without it keep their random stream
+        whole_image = self.whole_image > 0 and bool(rng.random() < self.whole_image)
         region = sample_region_crop(
-            boxes, width, height, rng, allow_flip=allow_flip, min_perc_in_image=self.min_perc_in_image
-        )
+            boxes, width, height, rng, allow_flip=allow_flip, min_perc_in_image=self.min_perc_in_image,
+            whole_image=whole_image,
+        )  # fmt: skip
 
         x0, y0, w0, h0 = region.crop
         crop = image[y0 : y0 + h0, x0 : x0 + w0]

@@ -186,6 +186,17 @@ def bbox_losses(
     return l1.sum() / num_boxes, giou.sum() / num_boxes
 
 
+def attention_mass_loss(weights: torch.Tensor, box_patches: torch.Tensor, is_image: torch.Tensor | None = None) -> torch.Tensor:
+    """-log of the attention mass (K, N) on the patches of the phrase's box (K, N), averaged over the real boxes.
+
+    The L1/GIoU losses reach the attend head's weights only through their mean position, which two objects on
+    either side of the target satisfy as well as the target; this one asks for the object itself, whichever
+    of its patches the weights then prefer (the L1 on the centre decides that)."""
+    mass = (weights * box_patches.to(weights.dtype)).sum(-1).clamp(min=1e-6)
+    keep = torch.ones_like(mass) if is_image is None else (1 - is_image).to(mass.dtype)
+    return -(mass.log() * keep).sum() / keep.sum().clamp(min=1)
+
+
 # -- fine-tuning losses -----------------------------------------------------------------------------------
 
 
@@ -250,6 +261,7 @@ class PretrainLosses:
     mlm: torch.Tensor
     bbox: torch.Tensor | None = None
     giou: torch.Tensor | None = None
+    attend: torch.Tensor | None = None  # the attend box head's attention mass off the object (region batches)
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in vars(self).items() if v is not None}
@@ -307,9 +319,13 @@ def pretrain_losses(
         return PretrainLosses(itc, itm, mlm)
 
     full_context = model.image_context(full, index=idx_to_group_img)
-    pred = model.predict_bbox(model.fuse(text_embeds, text_atts, full_context), text_atts, full_context)
-    bbox, giou = bbox_losses(pred, target_bbox, is_image)
-    return PretrainLosses(itc, itm, mlm, bbox, giou)
+    cross = model.fuse(text_embeds, text_atts, full_context)
+    if model.config.box_head != "attend":
+        bbox, giou = bbox_losses(model.predict_bbox(cross), target_bbox, is_image)
+        return PretrainLosses(itc, itm, mlm, bbox, giou)
+    phrase, weights, patches = model.bbox_head.attend(cross, text_atts, full_context)
+    bbox, giou = bbox_losses(model.bbox_head.box(phrase, weights, patches), target_bbox, is_image)
+    return PretrainLosses(itc, itm, mlm, bbox, giou, attention_mass_loss(weights, image_atts[:, 1:], is_image))
 
 
 @dataclass

@@ -3,8 +3,9 @@
 Why synthetic: the embedded default model must be trained on this 2-core box in minutes, and X-VLM's claim (text
 aligned with regions and objects beats image-level alignment) needs data where every region has an exact box and
 every sentence is true by construction. Scenes hold 1-6 shapes of 8 kinds, 8 colours and 2 sizes on low-contrast
-textured backgrounds; all text is generated from the layout, so it is correct and closed-vocabulary
-(`build_vocab` makes a tiny WordPiece vocab in which every generated word is one token).
+textured backgrounds, each shape in a shade of its colour, filled, bordered or outlined (`STYLES`); all text is
+generated from the layout, so it is correct and closed-vocabulary (`build_vocab` makes a tiny WordPiece vocab
+in which every generated word is one token).
 
 Determinism: scene `i` of seed `s` draws from its own generators `np.random.default_rng([s, i, stream])`, one
 stream each for layout, pixels and text, so scene `i` is byte-identical however many scenes are generated, in
@@ -235,17 +236,40 @@ def _background(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return cv2.transform(offset[:, :, None], colour)
 
 
+#: How an object is drawn, with its probability: filled with a darker border, filled, or outlined in its
+#: colour. A lamp photographs worksheets drawn every way, and a model that saw one style names the others wrong.
+STYLES = {"bordered": 0.5, "filled": 0.25, "outline": 0.25}
+
+
+def shade(color: str, rng: np.random.Generator) -> np.ndarray:
+    """Another shade of a named colour (RGB int): hue within +-4 degrees, saturation x0.8-1, value x0.88-1.04."""
+    hsv = cv2.cvtColor(np.uint8([[COLORS[color]]]), cv2.COLOR_RGB2HSV_FULL)[0, 0].astype(np.float64)
+    hsv[0] = (hsv[0] + rng.uniform(-3.0, 3.0)) % 256  # _FULL: hue in 0..255
+    hsv[1] *= rng.uniform(0.8, 1.0)
+    hsv[2] *= rng.uniform(0.88, 1.04)
+    hsv = np.clip(np.round(hsv), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(hsv[None, None], cv2.COLOR_HSV2RGB_FULL)[0, 0].astype(int)
+
+
 def render(scene: Scene) -> np.ndarray:
-    """Draw a scene: (S, S, 3) uint8 RGB. Objects are anti-aliased polygons with a darker outline."""
+    """Draw a scene: (S, S, 3) uint8 RGB. Objects are anti-aliased polygons in a shade of their colour, each
+    in one of `STYLES`."""
     rng = np.random.default_rng([scene.seed, scene.index, _PIXELS])
     img = np.ascontiguousarray(_background(scene.background, scene.image_size, rng))
-    thickness = max(1, scene.image_size // 160)
+    border = max(1, scene.image_size // 160)
+    styles = list(STYLES)
     for obj in scene.objects:
-        color = np.clip(np.array(COLORS[obj.color]) + rng.integers(-12, 13, size=3), 0, 255)
+        color = shade(obj.color, rng)
+        style = styles[int(rng.choice(len(styles), p=list(STYLES.values())))]
         pts = np.round(shape_outline(obj.shape, *obj.center, obj.radius, obj.angle) * 16).astype(np.int32)
+        if style == "outline":  # a stroke of about 1.5 % of the image, centred on the outline (the box)
+            stroke = max(2, scene.image_size // 80)
+            cv2.polylines(img, [pts], True, color.tolist(), thickness=stroke, lineType=cv2.LINE_AA, shift=4)
+            continue
         cv2.fillPoly(img, [pts], color.tolist(), lineType=cv2.LINE_AA, shift=4)
-        edge = (color * 0.55).astype(int).tolist()
-        cv2.polylines(img, [pts], True, edge, thickness=thickness, lineType=cv2.LINE_AA, shift=4)
+        if style == "bordered":
+            edge = (color * 0.55).astype(int).tolist()
+            cv2.polylines(img, [pts], True, edge, thickness=border, lineType=cv2.LINE_AA, shift=4)
     return img
 
 

@@ -90,6 +90,9 @@ class DataRecipe:
     skipgram_size: int = 3
     max_regions: int = 5
     min_perc_in_image: float = 0.5
+    # probability that a region sample is the whole image, as the tasks see it, instead of the official random
+    # crop around a box (which zooms objects ~2x on average and distorts their aspect)
+    region_whole_image: float = 0.0
     crop_scale: tuple[float, float] = (0.5, 1.0)
     augment: bool = True
     camera: float = 0.0  # probability of photographing a sample with a desk lamp's camera (training/camera.py)
@@ -113,6 +116,7 @@ class LossRecipe:
     mlm: float = 1.0
     bbox: float = 1.0
     giou: float = 1.0
+    attend: float = 0.0  # the attend box head's attention mass on the named object (losses.attention_mass_loss)
     caption: float = 0.0  # the scene-task weights (need data.vqa and data.check)
     vqa: float = 0.0
     check: float = 0.0
@@ -343,7 +347,8 @@ def build_streams(recipe: TrainRecipe, tokenizer: Tokenizer, config: ModelConfig
     if d.regions:
         parts = [
             D.RegionTextDataset(root / name, tokenizer, seed=recipe.seed + 1 + i, max_regions=d.max_regions,
-                                min_perc_in_image=d.min_perc_in_image, **common)  # fmt: skip
+                                min_perc_in_image=d.min_perc_in_image, whole_image=d.region_whole_image,
+                                **common)  # fmt: skip
             for i, name in enumerate(d.regions)
         ]
         regions = ConcatDataset(parts)

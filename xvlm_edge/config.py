@@ -25,7 +25,8 @@ HEADS = ("itc", "itm", "bbox", "mlm", "nlvr", "vqa", "caption")
 
 #: How the `bbox` head reads a box (`models/box_head.py`). "cls": the official MLP on the fused [CLS].
 #: "attend": the phrase attends over the image's patches and the centre is the attention-weighted mean of
-#: the patch centres (training/README.md has the measurement that made the tiny model need it).
+#: the patch centres around the strongest one (training/README.md has the measurements that made the tiny
+#: model need it).
 BOX_HEADS = ("cls", "attend")
 
 #: Activations the models implement (`models/layers.py::ACTIVATIONS`).
