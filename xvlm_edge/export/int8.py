@@ -220,7 +220,7 @@ class OnnxTarget(QuantTarget):
         self.quantizers = {
             name: GraphQuantizer(
                 fp32_dir / f"{name}.onnx", work / name, reduce_range=settings.reduce_range, exclude=settings.exclude,
-                per_channel=name != "vision", pixels=pixels if name == "vision" else None,
+                pixels=pixels if name == "vision" else None,
             )
             for name in names
         }  # fmt: skip
