@@ -24,8 +24,8 @@ CLI_CHUNK = 8
 PER_INPUT_ERRORS = (ImageError, EngineError)
 
 EMBEDDED_MODEL_NOTE = (
-    "these come from the embedded demo model (4.3M parameters, trained on synthetic shapes only): it grounds about "
-    "half of the phrases and misjudges some counts; see xvlm_edge/assets/MODEL_CARD.md"
+    "these come from the embedded demo model (4.3M parameters, trained on synthetic shapes only): it misplaces about "
+    "three boxes in ten and misjudges many counts; see xvlm_edge/assets/MODEL_CARD.md"
 )
 
 
