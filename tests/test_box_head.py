@@ -73,21 +73,6 @@ def test_the_query_reads_the_words() -> None:
     assert (box[0] - box[1]).abs().max() > 1e-3
 
 
-def test_the_box_is_read_from_the_attention_training_sees() -> None:
-    """forward is box(attend(...)): the weights the attention-mass loss trains are the ones the centre uses."""
-    model = attend_model(seed=2)
-    pixels = torch.randn(2, 3, model.config.vision.image_res, model.config.vision.image_res)
-    ids = torch.randint(5, 100, (3, 5))
-    atts = torch.ones_like(ids)
-    with torch.no_grad():
-        context = model.image_context(model.encode_image(pixels), index=torch.tensor([0, 1, 1]))
-        cross = model.fuse(model.encode_text(ids, atts), atts, context)
-        phrase, weights, patches = model.bbox_head.attend(cross, atts, context)
-        box = model.predict_bbox(cross, atts, context)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(3))
-    torch.testing.assert_close(model.bbox_head.box(phrase, weights, patches), box, rtol=0, atol=0)
-
-
 def test_the_centre_is_read_around_the_strongest_patch() -> None:
     """Attention leaked far from the strongest patch does not pull the centre; within its 3 x 3 neighbourhood
     the centre is the renormalised weighted mean of the patch centres."""

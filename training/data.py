@@ -556,7 +556,8 @@ class RegionTextDataset(_JsonlDataset):
             msg = f"max_regions must be at least 1, got {max_regions}"
             raise InputError(msg)
         if not 0.0 <= whole_image <= 1.0:
-            raise InputError(f"whole_image is a probability, got {whole_image}")
+            msg = f"whole_image is a probability, got {whole_image}"
+            raise InputError(msg)
         self.max_regions = max_regions
         self.whole_image = whole_image
         self.min_perc_in_image = min_perc_in_image

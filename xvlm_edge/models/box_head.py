@@ -9,10 +9,10 @@ size is regressed, from the phrase and those patches. Official checkpoints have 
 preset option.
 
 Why only around the strongest patch: attention that leaks onto the rest of the image pulls a mean over all
-patches toward the image centre. On the embedded model (2026-12-07, 470 held-out phrases) the centre over all
-patches put the box at IoU >= 0.5 for 0.48 of phrases (0.49 with the true size); read from the strongest
-patch's 3 x 3 neighbourhood, with the same weights, 0.64. The embedded model's objects span at most 3 patches
-of its 8 x 8 grid, so the neighbourhood holds the whole object.
+patches toward the image centre. On the previous embedded model (2026-12-07, 470 held-out phrases) the centre
+over all patches put the box at IoU >= 0.5 for 0.457 of phrases; read from the strongest patch's 3 x 3
+neighbourhood, with the same weights, 0.613. The embedded model's objects span at most 3 patches of its 8 x 8
+grid, so the neighbourhood holds the whole object.
 """
 
 from __future__ import annotations
