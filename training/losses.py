@@ -320,7 +320,7 @@ def pretrain_losses(
 
     full_context = model.image_context(full, index=idx_to_group_img)
     cross = model.fuse(text_embeds, text_atts, full_context)
-    if model.config.box_head != "attend":
+    if model.config.box_head == "cls":
         bbox, giou = bbox_losses(model.predict_bbox(cross), target_bbox, is_image)
         return PretrainLosses(itc, itm, mlm, bbox, giou)
     phrase, weights, patches = model.bbox_head.attend(cross, text_atts, full_context)

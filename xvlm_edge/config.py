@@ -26,8 +26,9 @@ HEADS = ("itc", "itm", "bbox", "mlm", "nlvr", "vqa", "caption")
 #: How the `bbox` head reads a box (`models/box_head.py`). "cls": the official MLP on the fused [CLS].
 #: "attend": the phrase attends over the image's patches and the centre is the attention-weighted mean of
 #: the patch centres around the strongest one (training/README.md has the measurements that made the tiny
-#: model need it).
-BOX_HEADS = ("cls", "attend")
+#: model need it). "attend_position": the same, and the phrase also chooses a direction on the grid that its
+#: scores prefer ("the leftmost star"; `models/box_head.py`).
+BOX_HEADS = ("cls", "attend", "attend_position")
 
 #: Activations the models implement (`models/layers.py::ACTIVATIONS`).
 HIDDEN_ACTS = ("gelu", "quick_gelu")

@@ -13,6 +13,14 @@ patches toward the image centre. On the previous embedded model (2026-12-07, 470
 over all patches put the box at IoU >= 0.5 for 0.457 of phrases; read from the strongest patch's 3 x 3
 neighbourhood, with the same weights, 0.613. The embedded model's objects span at most 3 patches of its 8 x 8
 grid, so the neighbourhood holds the whole object.
+
+`attend_position` adds one term to the scores: the phrase picks a direction on the grid, and each patch scores
+its offset from the image centre along it (a linear function of position, zero at initialisation). A dot
+product of the phrase with each patch cannot say "the leftmost cyan triangle": both cyan triangles match it
+alike. Added to their matching scores, a direction that points left makes the leftmost one win the softmax,
+whatever the other objects' positions. On the embedded model (150 held-out scenes, 470 phrases) the attend head
+grounded 0.38 of the phrases with a superlative or a relation and 0.82 of the rest; with the direction alone
+trained on frozen features, 0.77 and 0.80 (training/finetune_grounding.py has the stage that trains it).
 """
 
 from __future__ import annotations
@@ -45,12 +53,16 @@ def patch_centres(grid: int) -> torch.Tensor:
 
 
 class AttendBoxHead(nn.Module):
-    def __init__(self, hidden: int, width: int, grid: int) -> None:
+    def __init__(self, hidden: int, width: int, grid: int, *, position: bool = False) -> None:
         super().__init__()
         self.query_norm = nn.LayerNorm(hidden)
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(width, hidden)
         self.size = build_head(hidden + width, 2)
+        self.position = nn.Linear(hidden, 2) if position else None  # the phrase's direction on the grid
+        if self.position is not None:
+            nn.init.zeros_(self.position.weight)
+            nn.init.zeros_(self.position.bias)
         self.register_buffer("centres", patch_centres(grid), persistent=False)
         self.register_buffer("near", neighbours(grid), persistent=False)
 
@@ -69,19 +81,33 @@ class AttendBoxHead(nn.Module):
         index = context.index
         if index is None:
             index = group_index(cross.shape[0], patches.shape[0], cross.device)
+        phrase = self.summarize(cross, text_atts)
+        return phrase, self.weigh(phrase, patches, index, atts), patches[index]
 
+    @staticmethod
+    def summarize(cross: torch.Tensor, text_atts: torch.Tensor) -> torch.Tensor:
+        """The phrase (K, hidden): its fused [CLS] plus the mean of its fused words, so that it depends on them."""
         # the words' mask without [CLS]; not a [:, 1:] slice, which torch.export guards against one-word texts
         first = torch.arange(cross.shape[1], device=cross.device) == 0
         # unsqueezed while integer: XNNPACK takes a float reshape with one dynamic axis only (K and T here)
         words = text_atts.masked_fill(first, 0)[..., None].to(cross.dtype)  # (K, T, 1)
-        phrase = cross[:, 0] + (cross * words).sum(1) / words.sum(1).clamp(min=1)
-        query = self.query(self.query_norm(phrase))  # (K, hidden)
+        return cross[:, 0] + (cross * words).sum(1) / words.sum(1).clamp(min=1)
+
+    def weigh(self, phrase: torch.Tensor, patches: torch.Tensor, index: torch.Tensor, atts: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention (K, N) of phrase k over the patches (B, N, width) of its image `index[k]`, under `atts`
+        (K, N) (None: every patch)."""
+        normed = self.query_norm(phrase)
+        query = self.query(normed)  # (K, hidden)
         keys = self.key(patches)[index]  # (K, N, hidden): projected once per image
         # products and sums, not einsum: its batched matmul needs a reshape over two dynamic axes (K, and T or
         # B), which XNNPACK (the lamp SDK's delegate) cannot take
         scores = (keys * query[:, None]).sum(-1) / math.sqrt(query.shape[-1])
-        scores = scores.masked_fill(atts == 0, torch.finfo(scores.dtype).min)
-        return phrase, scores.softmax(dim=-1), patches[index]
+        if self.position is not None:
+            offsets = (self.centres - 0.5).to(scores.dtype)  # (N, 2): each patch's place relative to the centre
+            scores = scores + (self.position(normed)[:, None] * offsets).sum(-1)
+        if atts is not None:
+            scores = scores.masked_fill(atts == 0, torch.finfo(scores.dtype).min)
+        return scores.softmax(dim=-1)
 
     def box(self, phrase: torch.Tensor, weights: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """The centre is the weights' mean of the patch centres around the strongest patch (renormalised there);

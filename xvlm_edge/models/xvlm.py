@@ -46,8 +46,8 @@ class XVLM(nn.Module):
             self.temp = nn.Parameter(torch.tensor(config.temp))
         if "itm" in heads:
             self.itm_head = build_head(hidden, 2)
-        if "bbox" in heads and config.box_head == "attend":
-            self.bbox_head = AttendBoxHead(hidden, vision.width, vision.grid)
+        if "bbox" in heads and config.box_head != "cls":
+            self.bbox_head = AttendBoxHead(hidden, vision.width, vision.grid, position=config.box_head == "attend_position")
         elif "bbox" in heads:
             self.bbox_head = build_head(hidden, 4)
         if "nlvr" in heads:
@@ -148,7 +148,7 @@ class XVLM(nn.Module):
     ) -> torch.Tensor:
         """Normalised (cx, cy, w, h) of the squashed square image: from the fused [CLS] (official `cls` head),
         or from the phrase's attention over the patches of `context` (`attend` head: needs text_atts, context)."""
-        if self.config.box_head == "attend":
+        if self.config.box_head != "cls":
             if text_atts is None or context is None:
                 raise ValueError("the attend box head reads the fusion's text_atts and context; pass both")
             return self.bbox_head(cross_embeds, text_atts, context)
