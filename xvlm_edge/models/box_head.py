@@ -20,7 +20,8 @@ product of the phrase with each patch cannot say "the leftmost cyan triangle": b
 alike. Added to their matching scores, a direction that points left makes the leftmost one win the softmax,
 whatever the other objects' positions. On the embedded model (150 held-out scenes, 470 phrases) the attend head
 grounded 0.38 of the phrases with a superlative or a relation and 0.82 of the rest; with the direction alone
-trained on frozen features, 0.77 and 0.80 (training/finetune_grounding.py has the stage that trains it).
+trained on frozen features, 0.77 and 0.80. Trained with the rest of the head on whole scenes
+(training/finetune_grounding.py), it took the model's grounding of 1,000 held-out scenes from 0.704 to 0.868.
 """
 
 from __future__ import annotations
