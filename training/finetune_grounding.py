@@ -166,10 +166,6 @@ def finetune(recipe: T.TrainRecipe, out: Path, *, samples: int, steps: int, batc
         raise SystemExit(f"{source}: no stage-2 model there; `python -m training.train --recipe ...` writes it")
     stage2 = load_directory(source)
     model, tokenizer = grounded_model(stage2.model), stage2.tokenizer
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in model.bbox_head.parameters():
-        p.requires_grad_(True)
     start = time.perf_counter()
     dataset = region_samples(recipe, tokenizer, model, seed)
     indices = np.random.default_rng(seed).permutation(len(dataset))[:samples]
