@@ -80,9 +80,11 @@ class WindowAttention(nn.Module):
         q, k, v = (split_heads(qkv[..., i * c : (i + 1) * c]) for i in range(3))
         attn = torch.bmm(q * self.scale, k.transpose(1, 2)).view(-1, heads, n, n)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        attn = attn + bias.view(n, n, -1).permute(2, 0, 1)[None]  # (1, heads, w*w, w*w)
-        if mask is not None:
-            attn = attn.view(-1, len(mask), heads, n, n) + mask[None, :, None]
+        bias = bias.view(n, n, -1).permute(2, 0, 1)[None]  # (1, heads, w*w, w*w)
+        if mask is None:
+            attn = attn + bias
+        else:  # bias and mask summed first: constants of an export, folded into one Add
+            attn = attn.view(-1, len(mask), heads, n, n) + (bias[None] + mask[None, :, None])
         out = torch.bmm(attn.reshape(-1, n, n).softmax(dim=-1), v)  # (B*nW*heads, w*w, d)
         return self.proj(out.view(-1, heads, n, d).transpose(1, 2).reshape(-1, n, c))
 
