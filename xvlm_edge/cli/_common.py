@@ -25,7 +25,7 @@ PER_INPUT_ERRORS = (ImageError, EngineError)
 
 EMBEDDED_MODEL_NOTE = (
     "these come from the embedded demo model (4.3M parameters, trained on synthetic shapes only): it misplaces about "
-    "one box in seven (one in four on photographed paper) and misjudges many counts; see xvlm_edge/assets/MODEL_CARD.md"
+    "one box in nine (one in four on photographed paper) and misjudges many counts; see xvlm_edge/assets/MODEL_CARD.md"
 )
 
 
